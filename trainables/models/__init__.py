@@ -15,14 +15,28 @@ from typing import Any
 
 from torch import nn
 
+from trainables.models.conv import conv2, conv4, conv6
 from trainables.models.fcn import fcn
 from trainables.models.lenet import lenet5, lenet_300_100
+from trainables.models.resnet import resnet18, resnet20, resnet32, resnet56
+from trainables.models.vgg import vgg11, vgg16, vgg19, vgg_svhn
 
 __all__ = ["MODELS", "build_model", "model_options"]
 
 MODELS: Mapping[str, Callable[..., nn.Module]] = MappingProxyType({
     "lenet_300_100": lenet_300_100,
     "lenet5": lenet5,
+    "conv2": conv2,
+    "conv4": conv4,
+    "conv6": conv6,
+    "vgg11": vgg11,
+    "vgg16": vgg16,
+    "vgg19": vgg19,
+    "vgg_svhn": vgg_svhn,
+    "resnet20": resnet20,
+    "resnet32": resnet32,
+    "resnet56": resnet56,
+    "resnet18": resnet18,
     "fcn": fcn,
 })
 

@@ -99,3 +99,27 @@ def annotate(model: nn.Module, *, probe_layers: Sequence[str], output_layer: str
     model.probe_layers = tuple(probe_layers)
     model.output_layer = output_layer
     model.preactivation_layers = dict(preactivation_layers)
+
+
+def conv_stack(model: str, cfg: Sequence[int | str], input_shape: tuple[int, ...], *,
+               batchnorm: bool) -> tuple[list[tuple[str, nn.Module]], int, int, int]:
+    """Layers for a VGG-style `cfg` (channel counts, `"M"` for 2×2 max-pooling).
+
+    Returns the named layers (`conv{i}` blocks, `pool{j}`) and the output
+    `(channels, height, width)`. A pool that would shrink a map below 1×1 is left out, so
+    that small inputs (8×8 digits) still fit deep stacks; 32×32 inputs keep every pool.
+    """
+    channels, height, width = image_shape(model, input_shape)
+    layers: list[tuple[str, nn.Module]] = []
+    n_conv = n_pool = 0
+    for item in cfg:
+        if item == "M":
+            if min(height, width) >= 2:
+                n_pool += 1
+                layers.append((f"pool{n_pool}", nn.MaxPool2d(2)))
+                height, width = height // 2, width // 2
+        else:
+            n_conv += 1
+            layers += conv_block(f"conv{n_conv}", channels, int(item), batchnorm=batchnorm)
+            channels = int(item)
+    return layers, channels, height, width
