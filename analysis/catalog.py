@@ -1,0 +1,101 @@
+"""The catalog: a sweep's checkpoints, found in MLflow by tags and on disk in the workdir.
+
+Writes the catalog tables (lineages, sweep_lineages, levels, layers) as a side effect.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import polars as pl
+from mlflow.tracking import MlflowClient
+
+from analysis.tables import upsert
+from trainables.checkpoints import LEVEL_METRICS, level_dir, lineage_dir
+from trainables.tracking import KIND_LEVEL, KIND_LINEAGE, TAG, search_all, tag_filter
+
+CATALOG_COLUMNS = {
+    "checkpoint_id": pl.String, "lineage_id": pl.String, "config_id": pl.String, "level": pl.Int32,
+    "model": pl.String, "dataset": pl.String, "seed": pl.Int64, "checkpoint_path": pl.String,
+    "spec_json": pl.String, "mlflow_run_id": pl.String,
+}
+
+
+def sweep_lineage_runs(client: MlflowClient, sweep: str) -> list:
+    """Parent runs of the lineages that are members of `sweep`."""
+    return search_all(client, f"{tag_filter(kind=KIND_LINEAGE)} and tags.`{TAG}sweep.{sweep}` = '1'")
+
+
+def build_catalog(sweep: str, *, tracking_uri: str, workdir: str | os.PathLike) -> pl.DataFrame:
+    """One row per FINISHED level of the sweep's lineages (CATALOG_COLUMNS), sorted by id.
+
+    A level whose checkpoint directory is missing from the workdir is still listed (its path
+    points where it should be), so that the analysis reports it rather than silently skipping it.
+    """
+    client = MlflowClient(tracking_uri)
+    parents = sweep_lineage_runs(client, sweep)
+    lineage_ids = sorted({r.data.tags[f"{TAG}lineage_id"] for r in parents})
+    wanted = set(lineage_ids)
+    levels = [
+        r for r in search_all(client, tag_filter(kind=KIND_LEVEL))
+        if r.info.status == "FINISHED" and r.data.tags.get(f"{TAG}lineage_id") in wanted
+    ]
+    lineage_rows, level_rows, layer_rows, catalog_rows = [], [], [], []
+    specs = {lid: _stored_spec(workdir, lid) for lid in lineage_ids}
+    for lid in lineage_ids:
+        spec = specs[lid]["spec"]
+        lineage_rows.append({
+            "lineage_id": lid, "config_id": lid.rsplit("-s", 1)[0], "model": spec["model"],
+            "dataset": spec["dataset"], "seed": spec["seed"], "schedule": spec["prune"]["schedule"],
+            "rewind": spec["prune"]["rewind"], "rate": spec["prune"]["rate"],
+            "spec_json": json.dumps(specs[lid]["identity"], sort_keys=True),
+        })
+    seen = set()
+    for run in sorted(levels, key=lambda r: r.info.start_time or 0):
+        tags, lid = run.data.tags, run.data.tags[f"{TAG}lineage_id"]
+        cid, level = tags[f"{TAG}checkpoint_id"], int(tags[f"{TAG}level"])
+        if cid in seen:
+            continue
+        seen.add(cid)
+        path = level_dir(workdir, lid, level)
+        m = run.data.metrics
+        level_rows.append({
+            "checkpoint_id": cid, "lineage_id": lid, "level": level,
+            **{k: m.get(k) for k in ("sparsity", "sparsity_all", "test_acc", "test_loss", "train_loss",
+                                     "epochs", "wall_s")},
+            "checkpoint_uri": path.resolve().as_uri(), "mlflow_run_id": run.info.run_id,
+        })
+        layer_rows += _layer_rows(path, cid)
+        spec = specs[lid]["spec"]
+        catalog_rows.append({
+            "checkpoint_id": cid, "lineage_id": lid, "config_id": lid.rsplit("-s", 1)[0], "level": level,
+            "model": spec["model"], "dataset": spec["dataset"], "seed": spec["seed"],
+            "checkpoint_path": str(path.resolve()), "spec_json": json.dumps(spec, sort_keys=True),
+            "mlflow_run_id": run.info.run_id,
+        })
+    upsert(workdir, "lineages", lineage_rows, ["lineage_id"])
+    upsert(workdir, "sweep_lineages", [{"sweep": sweep, "lineage_id": lid} for lid in lineage_ids],
+           ["sweep", "lineage_id"])
+    upsert(workdir, "levels", level_rows, ["checkpoint_id"])
+    upsert(workdir, "layers", layer_rows, ["checkpoint_id", "layer"])
+    return pl.DataFrame(catalog_rows, schema=CATALOG_COLUMNS).sort("checkpoint_id")
+
+
+def _stored_spec(workdir: str | os.PathLike, lid: str) -> dict:
+    path = lineage_dir(workdir, lid) / "spec.json"
+    if not path.exists():
+        raise FileNotFoundError(f"lineage {lid}: {path} is missing; the workdir does not hold this lineage")
+    return json.loads(path.read_text())
+
+
+def _layer_rows(path: Path, cid: str) -> list[dict]:
+    metrics_file = path / LEVEL_METRICS
+    if not metrics_file.exists():
+        return []
+    stored = json.loads(metrics_file.read_text())
+    return [
+        {"checkpoint_id": cid, "layer": d["layer"], "n_params": d["n_params"], "n_zero": d["n_zero"],
+         "sparsity": d["n_zero"] / d["n_params"] if d["n_params"] else 0.0}
+        for d in stored["layers"]
+    ]

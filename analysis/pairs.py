@@ -1,0 +1,116 @@
+"""The pair set of an analysis, in canonical order, and its split into tiles.
+
+A representation is one probe layer of one checkpoint. Pairs are unordered and stored once:
+`a_checkpoint_id <= b_checkpoint_id`, then `a_layer <= b_layer` within one checkpoint.
+Self-pairs are included as a sanity anchor.
+"""
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from trainables.ids import digest
+
+
+@dataclass(frozen=True, order=True)
+class Rep:
+    checkpoint_id: str
+    layer: str
+    lineage_id: str
+    config_id: str
+    level: int
+    group: str  # model and dataset (and their options): only reps of one group are compared
+    path: str  # activations file
+
+
+@dataclass(frozen=True)
+class Tile:
+    """Pairs among a block of `a` reps and a block of `b` reps of one layer pair."""
+
+    a: tuple[Rep, ...]
+    b: tuple[Rep, ...]
+    pairs: tuple[tuple[int, int], ...]  # (index into a, index into b)
+
+    @property
+    def tile_id(self) -> str:
+        keys = [(self.a[i].checkpoint_id, self.a[i].layer, self.b[j].checkpoint_id, self.b[j].layer)
+                for i, j in self.pairs]
+        return digest(sorted(keys))
+
+
+def pair_key(a: Rep, b: Rep) -> tuple[str, str, str, str]:
+    return (a.checkpoint_id, a.layer, b.checkpoint_id, b.layer)
+
+
+def canonical(a: Rep, b: Rep) -> tuple[Rep, Rep]:
+    return (a, b) if (a.checkpoint_id, a.layer) <= (b.checkpoint_id, b.layer) else (b, a)
+
+
+def _checkpoint_pairs(ckpts: Sequence[Rep], scope: str) -> Iterable[tuple[Rep, Rep]]:
+    """Pairs of checkpoints (one representative Rep each) selected by `scope`."""
+    if scope == "all":
+        yield from itertools.combinations_with_replacement(ckpts, 2)
+    elif scope == "lineage":
+        by_lineage = defaultdict(list)
+        for c in ckpts:
+            by_lineage[c.lineage_id].append(c)
+        for members in by_lineage.values():
+            yield from itertools.combinations_with_replacement(members, 2)
+    elif scope == "seeds":
+        by_level = defaultdict(list)
+        for c in ckpts:
+            by_level[(c.config_id, c.level)].append(c)
+        for members in by_level.values():
+            yield from itertools.combinations_with_replacement(members, 2)
+    elif scope == "dense":
+        dense = {c.lineage_id: c for c in ckpts if c.level == 0}
+        for c in ckpts:
+            if c.lineage_id in dense:
+                yield dense[c.lineage_id], c
+    else:
+        raise ValueError(f"unknown scope {scope!r}; expected one of ['all', 'dense', 'lineage', 'seeds']")
+
+
+def pair_set(reps: Sequence[Rep], *, layers: str, scope: str) -> list[tuple[Rep, Rep]]:
+    """Every pair the spec defines, canonical and sorted, each once."""
+    if layers not in ("same", "all"):
+        raise ValueError(f"unknown layers {layers!r}; expected one of ['all', 'same']")
+    by_group: dict[str, dict[str, list[Rep]]] = defaultdict(lambda: defaultdict(list))
+    for rep in reps:
+        by_group[rep.group][rep.checkpoint_id].append(rep)
+    out: set[tuple[Rep, Rep]] = set()
+    for ckpt_reps in by_group.values():
+        heads = sorted(v[0] for v in ckpt_reps.values())
+        for ca, cb in _checkpoint_pairs(heads, scope):
+            for ra in ckpt_reps[ca.checkpoint_id]:
+                for rb in ckpt_reps[cb.checkpoint_id]:
+                    if layers == "same" and ra.layer != rb.layer:
+                        continue
+                    out.add(canonical(ra, rb))
+    return sorted(out, key=lambda p: pair_key(*p))
+
+
+def tiles(pairs: Sequence[tuple[Rep, Rep]], tile_size: int) -> list[Tile]:
+    """Group pairs by (group, a_layer, b_layer) and cut each group into blocks of at most
+    `tile_size` reps a side, so that each tile is one batched `pairwise` call."""
+    groups: dict[tuple[str, str, str], list[tuple[Rep, Rep]]] = defaultdict(list)
+    for a, b in pairs:
+        groups[(a.group, a.layer, b.layer)].append((a, b))
+    out = []
+    for members in groups.values():
+        a_all = sorted({a for a, _ in members})
+        b_all = sorted({b for _, b in members})
+        a_block = {r: i // tile_size for i, r in enumerate(a_all)}
+        b_block = {r: i // tile_size for i, r in enumerate(b_all)}
+        blocks: dict[tuple[int, int], list[tuple[Rep, Rep]]] = defaultdict(list)
+        for a, b in members:
+            blocks[(a_block[a], b_block[b])].append((a, b))
+        for block_pairs in blocks.values():
+            a_reps = tuple(sorted({a for a, _ in block_pairs}))
+            b_reps = tuple(sorted({b for _, b in block_pairs}))
+            ai = {r: i for i, r in enumerate(a_reps)}
+            bi = {r: i for i, r in enumerate(b_reps)}
+            out.append(Tile(a_reps, b_reps, tuple((ai[a], bi[b]) for a, b in block_pairs)))
+    return out

@@ -1,0 +1,202 @@
+"""The analysis stage on Ray Data: catalog → activations → pair tiles → Parquet.
+
+Incremental and atomic: activations and similarity rows that exist are reused, each output file
+appears whole or not at all, and a re-run computes only what is missing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from analysis.activations import ActivationExtractor, acts_root
+from analysis.catalog import build_catalog
+from analysis.pairs import Rep, Tile, pair_key, pair_set, tiles
+from analysis.specs import AnalysisSpec, analysis_id
+from analysis.tables import similarity_dir, to_arrow, write_parquet_atomic
+from trainables.checkpoints import atomic_write_json
+from trainables.ids import digest
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class AnalysisOutcome:
+    analysis_id: str
+    n_checkpoints: int
+    n_representations: int
+    failed_checkpoints: tuple[tuple[str, str], ...]  # (checkpoint_id, reason)
+    pairs_total: dict[str, int]  # per measure: the pair set's size
+    pairs_computed: dict[str, int]  # per measure: computed by this call
+    wall_s: float
+
+
+def run_analysis(
+    sweep: str, spec: AnalysisSpec, *, workdir: str | os.PathLike, tracking_uri: str, echo: Echo = print
+) -> AnalysisOutcome:
+    """Analyse every finished checkpoint of `sweep` (its lineages found in MLflow by tags)."""
+    import ray
+
+    start = time.perf_counter()
+    aid = analysis_id(spec)
+    catalog = build_catalog(sweep, tracking_uri=tracking_uri, workdir=workdir)
+    echo(f"analysis {aid}: {len(catalog)} checkpoints in sweep {sweep}")
+    manifests, failed = _activations(catalog, spec, Path(workdir), echo, ray)
+    reps = _reps(catalog, manifests)
+    total, computed = {}, {}
+    for measure in spec.measures:
+        pairs = pair_set(reps, layers=spec.layers, scope=spec.scope)
+        done = _existing_keys(workdir, measure, aid)
+        todo = [p for p in pairs if pair_key(*p) not in done]
+        total[measure] = len(pairs)
+        computed[measure] = _similarity(todo, measure, spec, aid, Path(workdir), ray) if todo else 0
+        echo(f"analysis {aid}: {measure}: {len(pairs)} pairs, {len(pairs) - len(todo)} already computed, "
+             f"{computed[measure]} new")
+    return AnalysisOutcome(aid, len(catalog), len(reps), tuple(failed), total, computed,
+                           time.perf_counter() - start)
+
+
+def _manifest_path(workdir: Path, spec: AnalysisSpec, cid: str) -> Path:
+    rule = digest({"probe_size": spec.probe_size, "probe_seed": spec.probe_seed})
+    return acts_root(workdir) / "index" / rule / f"{cid}.json"
+
+
+def _activations(catalog: pl.DataFrame, spec: AnalysisSpec, workdir: Path, echo: Echo, ray):
+    """Activation rows per checkpoint, extracting (in a Ray Data actor pool) only the missing."""
+    manifests: dict[str, list[dict]] = {}
+    missing = []
+    for row in catalog.iter_rows(named=True):
+        path = _manifest_path(workdir, spec, row["checkpoint_id"])
+        if path.exists():
+            manifests[row["checkpoint_id"]] = json.loads(path.read_text())
+        else:
+            missing.append({k: row[k] for k in ("checkpoint_id", "checkpoint_path", "spec_json")})
+    failed: list[tuple[str, str]] = []
+    if missing:
+        echo(f"activations: {len(catalog) - len(missing)} checkpoints cached, extracting {len(missing)}")
+        ds = ray.data.from_items(missing).map_batches(
+            ActivationExtractor,
+            fn_constructor_kwargs={"acts_root": str(acts_root(workdir)), "probe_size": spec.probe_size,
+                                   "probe_seed": spec.probe_seed},
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(spec.num_actors, len(missing))),
+            batch_size=1,
+            num_cpus=1,
+        )
+        rows: dict[str, list[dict]] = {}
+        for row in ds.iter_rows():
+            rows.setdefault(row["checkpoint_id"], []).append(dict(row))
+        for cid, layer_rows in sorted(rows.items()):
+            errors = [r["status"] for r in layer_rows if r["status"] != "ok"]
+            if errors:
+                failed.append((cid, errors[0]))
+                echo(f"activations: checkpoint {cid} skipped: {errors[0]}")
+                continue
+            atomic_write_json(_manifest_path(workdir, spec, cid), layer_rows)
+            manifests[cid] = layer_rows
+    else:
+        echo(f"activations: all {len(catalog)} checkpoints cached")
+    return manifests, failed
+
+
+def _reps(catalog: pl.DataFrame, manifests: dict[str, list[dict]]) -> list[Rep]:
+    reps = []
+    for row in catalog.iter_rows(named=True):
+        spec = json.loads(row["spec_json"])
+        group = json.dumps([spec["model"], spec.get("model_options"), spec["dataset"],
+                            spec.get("dataset_options")], sort_keys=True)
+        for layer_row in manifests.get(row["checkpoint_id"], []):
+            reps.append(Rep(row["checkpoint_id"], layer_row["layer"], row["lineage_id"], row["config_id"],
+                            row["level"], group, layer_row["path"]))
+    return reps
+
+
+def _existing_keys(workdir: str | os.PathLike, measure: str, aid: str) -> set[tuple[str, str, str, str]]:
+    folder = similarity_dir(workdir, measure)
+    if not folder.is_dir() or not any(folder.glob("*.parquet")):
+        return set()
+    frame = (
+        pl.scan_parquet(folder / "*.parquet")
+        .filter(pl.col("analysis_id") == aid)
+        .select("a_checkpoint_id", "a_layer", "b_checkpoint_id", "b_layer")
+        .collect()
+    )
+    return set(frame.iter_rows())
+
+
+def _similarity(todo, measure: str, spec: AnalysisSpec, aid: str, workdir: Path, ray) -> int:
+    """Evaluate the missing pairs tile by tile as Ray Data tasks; each tile writes one file."""
+    items = [{"tile": json.dumps(_tile_to_json(t))} for t in tiles(todo, spec.tile_size)]
+    ds = ray.data.from_items(items).map_batches(
+        _TileWriter,
+        fn_constructor_kwargs={"measure": measure, "spec_json": spec.model_dump_json(), "aid": aid,
+                               "workdir": str(workdir)},
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1),
+        batch_size=1,
+        num_cpus=1,
+    )
+    return int(sum(row["rows"] for row in ds.iter_rows()))
+
+
+def _tile_to_json(tile: Tile) -> dict:
+    return {"a": [r.__dict__ for r in tile.a], "b": [r.__dict__ for r in tile.b], "pairs": tile.pairs}
+
+
+class _TileWriter:
+    """Ray Data actor: computes a tile's pairs with one batched `pairwise` call, writes its file."""
+
+    def __init__(self, measure: str, spec_json: str, aid: str, workdir: str):
+        self.measure, self.aid, self.workdir = measure, aid, Path(workdir)
+        self.spec = AnalysisSpec.model_validate_json(spec_json)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        return {"rows": [self._tile(json.loads(str(t))) for t in batch["tile"]]}
+
+    def _tile(self, data: dict) -> int:
+        from analysis.similarity import pairwise, resolve_conv
+
+        a = tuple(Rep(**r) for r in data["a"])
+        b = tuple(Rep(**r) for r in data["b"])
+        tile = Tile(a, b, tuple(tuple(p) for p in data["pairs"]))
+        xs = [np.load(r.path) for r in a]
+        ys = xs if a == b else [np.load(r.path) for r in b]
+        options = self.spec.options.get(self.measure, {})
+        result = pairwise(xs, None if a == b else ys, measure=self.measure, conv=self.spec.conv, **options)
+        conv_mode = resolve_conv(self.measure, self.spec.conv) if xs[0].ndim == 4 else "none"
+        a_dims = [effective_dim(x, conv_mode) for x in xs]
+        b_dims = a_dims if a == b else [effective_dim(y, conv_mode) for y in ys]
+        rows = []
+        for i, j in tile.pairs:
+            value = float(result.values[i, j])
+            rows.append({
+                "analysis_id": self.aid,
+                "a_checkpoint_id": a[i].checkpoint_id, "a_lineage_id": a[i].lineage_id, "a_level": a[i].level,
+                "a_layer": a[i].layer,
+                "b_checkpoint_id": b[j].checkpoint_id, "b_lineage_id": b[j].lineage_id, "b_level": b[j].level,
+                "b_layer": b[j].layer,
+                "value": None if np.isnan(value) else value, "n_examples": int(xs[0].shape[0]),
+                "a_dim": a_dims[i], "b_dim": b_dims[j], "conv_mode": conv_mode,
+                "options": json.dumps(options, sort_keys=True), "status": str(result.status[i, j]),
+            })
+        path = similarity_dir(self.workdir, self.measure) / f"part-{self.aid}-{tile.tile_id}.parquet"
+        write_parquet_atomic(to_arrow(rows, "similarity"), path)
+        return len(rows)
+
+
+def effective_dim(x: np.ndarray, conv_mode: str) -> int:
+    """Numerical rank of the centred representation (SIMILARITY.md's rank rule)."""
+    from analysis.similarity.inputs import to_matrix
+
+    t = torch.as_tensor(x, dtype=torch.float64)
+    m = to_matrix(t, conv_mode) if t.ndim == 4 else t.reshape(len(t), -1)
+    m = m - m.mean(0, keepdim=True)
+    s = torch.linalg.svdvals(m)
+    if s.numel() == 0 or s[0] == 0:
+        return 0
+    return int((s > max(m.shape) * torch.finfo(torch.float64).eps * s[0]).sum())

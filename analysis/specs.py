@@ -1,0 +1,64 @@
+"""The analysis specification: probe set, measures and the pair set of a similarity study."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from trainables.ids import digest
+
+# Fields that decide which pairs are computed, or how fast, but not any value: not in analysis_id.
+SELECTION_FIELDS = frozenset({"measures", "layers", "scope", "tile_size", "num_actors"})
+
+
+class AnalysisSpec(BaseModel):
+    """What `impsweep analyze` computes for a sweep's checkpoints."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    probe_size: int | None = Field(
+        None, ge=2, description="Probe examples; default: 5,000, the whole set for small data."
+    )
+    probe_seed: int = Field(0, ge=0, description="Seed of the probe subset.")
+    measures: tuple[str, ...] = Field(("linear_cka", "pwcca"), description="Similarity measures.")
+    layers: Literal["same", "all"] = Field("same", description="Same layer only, or every layer pair.")
+    scope: Literal["dense", "lineage", "seeds", "all"] = Field(
+        "dense", description="dense: each checkpoint vs its lineage's level 0; lineage: all pairs "
+        "within a lineage; seeds: same level across seeds of a config; all: every pair."
+    )
+    conv: Literal["auto", "flatten", "spatial", "avgpool"] = Field(
+        "auto", description="Reduction of conv activations [n, c, h, w] to a matrix."
+    )
+    options: dict[str, dict[str, Any]] = Field({}, description="Per-measure options, e.g. rbf_cka: {threshold: 0.5}.")
+    tile_size: int = Field(64, ge=1, description="Representations per side of a pair tile.")
+    num_actors: int = Field(1, ge=1, description="Activation-extraction actors at most.")
+
+    @field_validator("measures")
+    @classmethod
+    def _known_measures(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from analysis.similarity import MEASURES
+
+        unknown = [m for m in v if m not in MEASURES]
+        if unknown:
+            raise ValueError(f"unknown measure {unknown[0]!r}; expected one of {sorted(MEASURES)}")
+        if not v:
+            raise ValueError(f"at least one measure is needed; expected some of {sorted(MEASURES)}")
+        return tuple(dict.fromkeys(v))
+
+    @field_validator("options")
+    @classmethod
+    def _options_of_known_measures(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from analysis.similarity import MEASURES
+
+        unknown = [m for m in v if m not in MEASURES]
+        if unknown:
+            raise ValueError(f"options for unknown measure {unknown[0]!r}; expected one of {sorted(MEASURES)}")
+        return v
+
+
+def analysis_id(spec: AnalysisSpec) -> str:
+    """`"a" + digest` of the fields that change values (probe set, conv mode, options)."""
+    dumped = spec.model_dump(mode="json")
+    defaults = AnalysisSpec().model_dump(mode="json")
+    ident = {k: v for k, v in dumped.items() if k not in SELECTION_FIELDS and v != defaults[k]}
+    return "a" + digest({"schema_version": 1, **ident})

@@ -1,0 +1,86 @@
+"""The Parquet tables: atomic file writes, whole-table upserts, and polars scans.
+
+Small catalog tables (lineages, sweep_lineages, levels, layers) are one file each, rewritten
+atomically as the union of what was there and what is new. The similarity table grows by one
+file per computed tile under `similarity/measure=<m>/`, never rewritten.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from analysis.schema import SCHEMAS, TABLES_SCHEMA_VERSION
+
+CATALOG_FILE = "part-0.parquet"
+
+
+def tables_root(workdir: str | os.PathLike) -> Path:
+    return Path(workdir) / "tables"
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    """Write to a hidden temporary in the same folder, then rename: readers never see half a file
+    (polars and pyarrow skip names starting with '.' or '_')."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def to_arrow(rows: Sequence[dict], name: str) -> pa.Table:
+    schema = SCHEMAS[name]
+    filled = [{**row, "schema_version": TABLES_SCHEMA_VERSION} for row in rows]
+    return pa.Table.from_pylist(filled, schema=schema)
+
+
+def upsert(workdir: str | os.PathLike, name: str, rows: Sequence[dict], key: Sequence[str]) -> int:
+    """Merge `rows` into catalog table `name` by `key` (new rows win). Returns rows written."""
+    path = tables_root(workdir) / name / CATALOG_FILE
+    new = pl.from_arrow(to_arrow(rows, name))
+    if path.exists():
+        old = pl.read_parquet(path)
+        merged = pl.concat([old, new], how="vertical_relaxed").unique(subset=list(key), keep="last",
+                                                                      maintain_order=True)
+    else:
+        merged = new
+    merged = merged.sort(list(key))
+    if path.exists() and merged.equals(pl.read_parquet(path)):
+        return 0
+    write_parquet_atomic(merged.to_arrow().cast(SCHEMAS[name]), path)
+    return len(new)
+
+
+def similarity_dir(workdir: str | os.PathLike, measure: str) -> Path:
+    return tables_root(workdir) / "similarity" / f"measure={measure}"
+
+
+def scan_tables(workdir: str | os.PathLike) -> dict[str, pl.LazyFrame]:
+    """A polars LazyFrame per table; an absent table is an empty frame with its schema."""
+    root = tables_root(workdir)
+    frames: dict[str, pl.LazyFrame] = {}
+    for name, schema in SCHEMAS.items():
+        folder = root / name
+        files = list(folder.rglob("*.parquet")) if folder.is_dir() else []
+        files = [f for f in files if not f.name.startswith((".", "_"))]
+        if name == "similarity":
+            if files:
+                frames[name] = pl.scan_parquet(folder / "**" / "*.parquet", hive_partitioning=True)
+            else:
+                empty = pl.from_arrow(schema.empty_table()).with_columns(pl.lit(None, pl.String).alias("measure"))
+                frames[name] = empty.lazy()
+        elif files:
+            frames[name] = pl.scan_parquet(folder / CATALOG_FILE)
+        else:
+            frames[name] = pl.from_arrow(schema.empty_table()).lazy()
+    return frames

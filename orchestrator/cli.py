@@ -1,0 +1,101 @@
+"""The `impsweep` command line: run, status, analyze, query, ui, demo.
+
+Exit codes: 0 ok, 2 bad input (nothing started, nothing written), 1 failure.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+from orchestrator.specs import SpecError, SweepSpec, load_sweep
+
+DEMO_SWEEP = "demo.yaml"
+
+DEMO_QUERY = """
+SELECT s.a_layer AS layer, s.b_level AS level, ROUND(AVG(l.sparsity), 3) AS sparsity,
+       s.measure, ROUND(AVG(s.value), 4) AS mean_similarity, COUNT(*) AS n_seeds
+FROM similarity s JOIN levels l ON l.checkpoint_id = s.b_checkpoint_id
+WHERE s.a_lineage_id = s.b_lineage_id AND s.a_level = 0
+GROUP BY s.a_layer, s.b_level, s.measure
+ORDER BY s.measure, s.a_layer, s.b_level
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="impsweep", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def with_sweep(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("sweep", help="sweep YAML file")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a field before validation (dotted key, YAML value); repeatable")
+        p.add_argument("--smoke", action="store_true", help="apply the file's `smoke:` overrides")
+        return p
+
+    with_sweep("run", "run every lineage of the sweep that is not done yet")
+    with_sweep("status", "print per lineage: done / partial / to do")
+    with_sweep("analyze", "compute the sweep's similarity tables")
+    query = with_sweep("query", "run polars SQL over the tables (similarity, levels, layers, lineages, sweep_lineages)")
+    query.add_argument("sql", help='SQL, e.g. "SELECT * FROM levels LIMIT 5"')
+    query.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
+    query.add_argument("--output", type=Path, help="file to write (required for parquet)")
+    ui = with_sweep("ui", "serve the MLflow UI of the sweep's tracking store on 127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    demo = sub.add_parser("demo", help="run the built-in demo sweep end to end and print a query")
+    demo.add_argument("--workdir", default="runs/demo", help="where the demo writes (default: runs/demo)")
+    demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except SpecError as err:
+        print(f"impsweep: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("impsweep: interrupted", file=sys.stderr)
+        return 1
+
+
+def demo_sweep_text() -> str:
+    return resources.files("orchestrator").joinpath(DEMO_SWEEP).read_text()
+
+
+def _load(args) -> SweepSpec:
+    if args.verb == "demo":
+        import yaml
+
+        raw = yaml.safe_load(demo_sweep_text())
+        raw["workdir"] = args.workdir
+        return load_sweep(raw, overrides=args.overrides)
+    return load_sweep(args.sweep, overrides=args.overrides, smoke=args.smoke)
+
+
+def _dispatch(args) -> int:
+    from orchestrator import commands
+
+    sweep = _load(args)
+    if args.verb == "run":
+        return commands.run(sweep)
+    if args.verb == "status":
+        return commands.status(sweep)
+    if args.verb == "analyze":
+        return commands.analyze(sweep)
+    if args.verb == "query":
+        return commands.query(sweep, args.sql, fmt=args.format, output=args.output)
+    if args.verb == "ui":
+        return commands.ui(sweep, host=args.host, port=args.port)
+    if args.verb == "demo":
+        return commands.demo(sweep, DEMO_QUERY)
+    raise AssertionError(f"unhandled verb {args.verb}")  # argparse rejects unknown verbs first
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""What a sweep still has to do: per lineage, done / partial (up to which level) / to do.
+
+Read from the workdir (complete level directories) and MLflow (FINISHED level runs); a level
+counts as done only when both have it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from orchestrator.specs import SweepSpec
+from trainables.checkpoints import complete_levels
+from trainables.ids import lineage_id
+from trainables.specs import LineageSpec
+from trainables.tracking import KIND_LEVEL, TAG, search_all, tag_filter
+
+
+@dataclass(frozen=True)
+class LineagePlan:
+    lineage_id: str
+    spec: LineageSpec
+    state: str  # "done" | "partial" | "todo"
+    levels_done: int  # levels 0.. complete on disk and in MLflow
+    n_levels: int  # levels of the lineage, dense level 0 included
+    test_acc: float | None  # of the newest level done
+
+
+def _finished_levels(client: MlflowClient | None) -> dict[str, dict[int, float]]:
+    """lineage id -> {level: test_acc} of every FINISHED level run in the tracking store."""
+    if client is None:
+        return {}
+    out: dict[str, dict[int, float]] = {}
+    for run in search_all(client, tag_filter(kind=KIND_LEVEL)):
+        if run.info.status != "FINISHED":
+            continue
+        tags = run.data.tags
+        out.setdefault(tags[f"{TAG}lineage_id"], {})[int(tags[f"{TAG}level"])] = run.data.metrics.get("test_acc")
+    return out
+
+
+def tracking_store_exists(sweep: SweepSpec) -> bool:
+    uri = sweep.resolved_tracking_uri
+    return not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///"):]).exists()
+
+
+def plan_sweep(sweep: SweepSpec, client: MlflowClient | None = None) -> list[LineagePlan]:
+    """The plan of every lineage of `sweep`, in sweep order. Creates nothing."""
+    if client is None and tracking_store_exists(sweep):
+        client = MlflowClient(sweep.resolved_tracking_uri)
+    finished = _finished_levels(client)
+    plans = []
+    for spec in sweep.lineages:
+        lid = lineage_id(spec)
+        n_levels = spec.prune.n_levels + 1
+        on_disk = set(complete_levels(sweep.workdir, lid))
+        logged = finished.get(lid, {})
+        done = 0
+        while done < n_levels and done in on_disk and done in logged:
+            done += 1
+        state = "done" if done == n_levels else ("partial" if done or on_disk else "todo")
+        acc = logged.get(done - 1) if done else None
+        plans.append(LineagePlan(lid, spec, state, done, n_levels, acc))
+    return plans

@@ -1,0 +1,208 @@
+"""The sweep file: sweep-level settings plus a base lineage, a grid over it, and an analysis.
+
+Every error is collected and reported at once, each with its dotted path, the value given and
+the valid options; nothing runs until the whole file is valid.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from analysis.specs import AnalysisSpec
+from trainables.specs import LineageSpec, PruneSpec, TrainSpec
+
+SWEEP_KEYS = ("name", "workdir", "tracking_uri", "resources", "max_concurrent", "max_failures",
+              "grid", "analysis", "smoke")
+
+
+class SpecError(ValueError):
+    """A sweep file (or its overrides) is invalid; `errors` lists every problem."""
+
+    def __init__(self, errors: Sequence[str], source: str = "sweep"):
+        self.errors = list(errors)
+        super().__init__(f"{source}: {len(self.errors)} error(s)\n" + "\n".join(f"  - {e}" for e in self.errors))
+
+
+class Resources(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    cpu: float = Field(1.0, gt=0, description="CPUs per lineage trial.")
+    gpu: float = Field(0.0, ge=0, description="GPUs per lineage trial (fractional shares a GPU).")
+
+
+class SweepSpec(BaseModel):
+    """A validated sweep: `lineages` is the grid expanded into LineageSpecs, in grid order."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Sweep name (MLflow experiment).")
+    workdir: str = Field(description="Where checkpoints, tables and the default MLflow store live.")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI; default sqlite under workdir.")
+    resources: Resources = Field(Resources(), description="Resources of one lineage trial.")
+    max_concurrent: int | None = Field(None, ge=1, description="Lineages running at once (default: as resources allow).")
+    max_failures: int = Field(2, ge=0, description="Retries of a failed lineage trial.")
+    grid: dict[str, list[Any]] = Field({}, description="Dotted lineage field -> values; the cartesian product.")
+    analysis: AnalysisSpec = Field(AnalysisSpec(), description="What `impsweep analyze` computes.")
+    smoke: dict[str, Any] = Field({}, description="Overrides applied by --smoke (dotted keys).")
+    base: dict[str, Any] = Field(description="The lineage fields shared by every grid point.")
+    lineages: tuple[LineageSpec, ...] = Field((), description="Expanded grid (filled by load_sweep).")
+
+    @property
+    def workdir_path(self) -> Path:
+        return Path(self.workdir)
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        if self.tracking_uri:
+            return self.tracking_uri
+        return f"sqlite:///{self.workdir_path.resolve() / 'mlflow.db'}"
+
+    @property
+    def artifact_location(self) -> str:
+        return (self.workdir_path.resolve() / "artifacts").as_uri()
+
+
+def set_dotted(target: dict[str, Any], key: str, value: Any) -> None:
+    """target["a"]["b"] = value for key "a.b", creating mappings on the way."""
+    parts = key.split(".")
+    node = target
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` with a YAML value (`grid.seed=[0,1]`, `train.lr=0.05`, `download=true`)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key.strip()):
+        raise SpecError([f"--set {text!r}: expected key=value with a dotted key, e.g. train.epochs=2"], "overrides")
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise SpecError([f"--set {key}: value {raw!r} is not valid YAML ({err})"], "overrides") from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of `raw` with dotted overrides; `grid.x` keys replace one grid axis whole."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for key, value in overrides.items():
+        if key.startswith("grid."):
+            out.setdefault("grid", {})[key[len("grid."):]] = value
+        else:
+            set_dotted(out, key, value)
+    return out
+
+
+def _format(err: dict[str, Any], prefix: str) -> str:
+    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+    path = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg += f"; expected one of {sorted(_fields_at(err['loc'], prefix))}"
+    value = err.get("input")
+    shown = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(value, dict) else f" (got {value!r})"
+    return f"{path}: {msg}{shown}"
+
+
+def _fields_at(loc: Sequence[Any], prefix: str) -> set[str]:
+    cls: type[BaseModel] = LineageSpec if prefix.endswith("base.") or prefix.startswith("grid") else SweepSpec
+    if cls is SweepSpec and loc and loc[0] == "base":
+        cls, loc = LineageSpec, loc[1:]
+    nested = {"train": TrainSpec, "prune": PruneSpec, "resources": Resources, "analysis": AnalysisSpec}
+    for part in loc[:-1]:
+        cls = nested.get(str(part), cls)
+    fields = set(cls.model_fields) - {"base", "lineages"}
+    return fields | set(SWEEP_KEYS) if cls is LineageSpec and not prefix.startswith("grid") else fields
+
+
+def expand_grid(base: dict[str, Any], grid: Mapping[str, Sequence[Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(grid point, lineage dict) for every point of the cartesian product, in file order."""
+    keys = list(grid)
+    points = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        point = dict(zip(keys, values))
+        lineage = apply_overrides(base, point)
+        points.append((point, lineage))
+    return points
+
+
+def validate_sweep(raw: Any, source: str = "sweep") -> SweepSpec:
+    """Validate a parsed sweep mapping; raises SpecError listing every problem."""
+    if not isinstance(raw, dict):
+        raise SpecError([f"the sweep file must be a mapping of keys; got {type(raw).__name__}"], source)
+    sweep_part = {k: v for k, v in raw.items() if k in SWEEP_KEYS}
+    base = {k: v for k, v in raw.items() if k not in SWEEP_KEYS}
+    errors: list[str] = []
+    sweep = None
+    try:
+        sweep = SweepSpec.model_validate({**sweep_part, "base": base})
+    except ValidationError as err:
+        errors += [_format(e, "") for e in err.errors() if e["loc"][:1] != ("base",)]
+    grid = raw.get("grid") if isinstance(raw.get("grid"), dict) else {}
+    bad_axes = [k for k, v in grid.items() if not isinstance(v, list) or not v]
+    errors += [f"grid.{k}: expected a non-empty list of values (got {grid[k]!r})" for k in bad_axes]
+    grid = {k: v for k, v in grid.items() if k not in bad_axes}
+    lineages, seen = [], set()
+    for point, lineage in expand_grid(base, grid):
+        try:
+            lineages.append(LineageSpec.model_validate(lineage))
+        except ValidationError as err:
+            for e in err.errors():
+                key = ".".join(map(str, e["loc"]))
+                prefix = f"grid.{key}" if key in point else ""
+                line = _format(e, f"{prefix}=" if prefix else "")
+                if prefix:
+                    line = f"{prefix}: {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})"
+                if line not in seen:
+                    seen.add(line)
+                    errors.append(line)
+    if errors:
+        raise SpecError(errors, source)
+    return sweep.model_copy(update={"lineages": _dedupe(lineages)})
+
+
+def _dedupe(lineages: list[LineageSpec]) -> tuple[LineageSpec, ...]:
+    """One spec per lineage id: grid points that differ only in runtime fields collapse."""
+    from trainables.ids import lineage_id
+
+    out: dict[str, LineageSpec] = {}
+    for spec in lineages:
+        out.setdefault(lineage_id(spec), spec)
+    return tuple(out.values())
+
+
+def load_sweep(
+    source: str | Path | Mapping[str, Any], *, overrides: Sequence[str] | Mapping[str, Any] = (), smoke: bool = False
+) -> SweepSpec:
+    """Read a sweep file (or mapping), apply `smoke:` overrides if asked, then `--set` overrides."""
+    if isinstance(source, Mapping):
+        raw, name = dict(source), "sweep"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise SpecError([f"sweep file {str(path)!r} does not exist"], str(path))
+        try:
+            raw, name = yaml.safe_load(path.read_text()), str(path)
+        except yaml.YAMLError as err:
+            raise SpecError([f"not valid YAML: {err}"], str(path)) from None
+    if not isinstance(raw, dict):
+        raise SpecError([f"the sweep file must be a mapping of keys; got {type(raw).__name__}"], name)
+    if smoke:
+        smoke_overrides = raw.get("smoke") or {}
+        if not isinstance(smoke_overrides, dict) or not smoke_overrides:
+            raise SpecError(["--smoke: this sweep file has no `smoke:` mapping of overrides"], name)
+        raw = apply_overrides(raw, smoke_overrides)
+    if not isinstance(overrides, Mapping):
+        overrides = dict(parse_override(o) for o in overrides)
+    return validate_sweep(apply_overrides(raw, overrides), name)

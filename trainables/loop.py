@@ -1,0 +1,108 @@
+"""The training loop of one level: optimizer, learning-rate schedule, masked steps, evaluation.
+
+The learning rate is a pure function of the step, so resuming needs only the step count and the
+optimizer's buffers, never a scheduler object.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainables.masks import Masks, apply_masks, zero_pruned_state
+from trainables.specs import TrainSpec
+
+
+def make_optimizer(model: nn.Module, train: TrainSpec, lr: float | None = None) -> torch.optim.Optimizer:
+    lr = train.lr if lr is None else lr
+    if train.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=train.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=lr,
+        momentum=train.momentum,
+        nesterov=train.nesterov and train.momentum > 0,
+        weight_decay=train.weight_decay,
+    )
+
+
+def lr_at(step: int, *, train: TrainSpec, steps_per_epoch: int, peak_lr: float | None = None) -> float:
+    """Learning rate of optimizer step `step` (0-based) within a level."""
+    peak = train.lr if peak_lr is None else peak_lr
+    warmup = train.warmup_epochs * steps_per_epoch
+    if warmup and step < warmup:
+        return peak * (step + 1) / warmup
+    epoch = step / steps_per_epoch
+    if train.lr_schedule == "step":
+        return peak * train.gamma ** int(epoch // train.step_epochs)
+    if train.lr_schedule == "multistep":
+        return peak * train.gamma ** sum(epoch >= m for m in train.milestones)
+    if train.lr_schedule == "cosine":
+        total = train.epochs * steps_per_epoch - warmup
+        progress = min((step - warmup) / max(total, 1), 1.0)
+        return peak * 0.5 * (1 + math.cos(math.pi * progress))
+    return peak
+
+
+def _autocast(device: torch.device):
+    # bf16 autocast only where it is fast and exact enough (CUDA); CPU stays fp32 and bit-exact.
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    masks: Masks,
+    lr_of_step: Callable[[int], float],
+    first_step: int,
+    on_step: Callable[[int], None] | None = None,
+) -> tuple[float, int]:
+    """One epoch of masked SGD. Returns (mean training loss, steps taken).
+
+    After every step the pruned weights are zeroed again (weight decay and momentum would
+    otherwise revive them) and so are their optimizer buffers.
+    """
+    model.train()
+    device = next(model.parameters()).device
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    step = first_step
+    for x, y in batches:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_of_step(step)
+        with _autocast(device):
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        apply_masks(model, masks)
+        zero_pruned_state(optimizer, model, masks)
+        total += loss.detach().double()
+        step += 1
+        if on_step is not None:
+            on_step(step)
+    n = step - first_step
+    # One device sync per epoch, not per step.
+    return (total.item() / n if n else float("nan")), n
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1024) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of `model` on x: [n, ...], y: [n]."""
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    for start in range(0, len(x), batch_size):
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        with _autocast(x.device):
+            logits = model(xb)
+        loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").double()
+        correct += (logits.argmax(1) == yb).sum()
+    return loss_sum.item() / len(x), correct.item() / len(x)

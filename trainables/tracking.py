@@ -1,0 +1,159 @@
+"""MLflow as the record: a parent run per lineage, a child run per level, found by tags.
+
+Every function here is idempotent: re-running or resuming finds and continues the existing runs
+instead of creating duplicates. Runs are never looked up by name, and no global active run is
+used (an `MlflowClient` and run ids are passed explicitly).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+
+from trainables.ids import config_id, lineage_id
+from trainables.specs import RUNTIME_FIELDS, LineageSpec
+
+TAG = "impsweep."
+KIND_LINEAGE, KIND_LEVEL = "lineage", "level"
+LEVEL_METRICS = ("sparsity", "sparsity_all", "test_acc", "test_loss", "train_loss", "epochs", "wall_s")
+_MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
+
+
+@dataclass(frozen=True)
+class TrackingRef:
+    """Where a lineage is recorded; plain strings so that it crosses process boundaries."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    sweep: str
+    code_rev: str
+
+
+def tag_filter(**tags: str) -> str:
+    """MLflow filter string over `impsweep.*` tags (keys need backticks: they contain dots)."""
+    return " and ".join(f"tags.`{TAG}{k}` = '{v}'" for k, v in tags.items())
+
+
+def all_experiment_ids(client: MlflowClient) -> list[str]:
+    return [e.experiment_id for e in client.search_experiments()]
+
+
+def search_all(client: MlflowClient, filter_string: str, experiment_ids: list[str] | None = None) -> list:
+    """Every run matching `filter_string`, following pagination."""
+    ids = experiment_ids if experiment_ids is not None else all_experiment_ids(client)
+    runs, token = [], None
+    while ids:
+        page = client.search_runs(ids, filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    return runs
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"train": {"lr": 0.1}} -> {"train.lr": "0.1"} (MLflow params are flat strings)."""
+    out: dict[str, str] = {}
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)
+    return out
+
+
+def lineage_tags(spec: LineageSpec, code_rev: str) -> dict[str, str]:
+    return {
+        f"{TAG}kind": KIND_LINEAGE,
+        f"{TAG}lineage_id": lineage_id(spec),
+        f"{TAG}config_id": config_id(spec),
+        f"{TAG}seed": str(spec.seed),
+        f"{TAG}model": spec.model,
+        f"{TAG}dataset": spec.dataset,
+        f"{TAG}schedule": spec.prune.schedule,
+        f"{TAG}rewind": spec.prune.rewind,
+        f"{TAG}code_rev": code_rev,
+    }
+
+
+def ensure_parent_run(
+    client: MlflowClient, experiment_id: str, spec: LineageSpec, *, sweep: str, code_rev: str
+) -> str:
+    """The lineage's parent run (created once, in whichever experiment first ran it), tagged as a
+    member of `sweep`. Returns its run id."""
+    lid = lineage_id(spec)
+    found = search_all(client, tag_filter(kind=KIND_LINEAGE, lineage_id=lid))
+    if found:
+        run = min(found, key=lambda r: r.info.start_time or 0)
+        run_id = run.info.run_id
+    else:
+        run = client.create_run(experiment_id, run_name=lid, tags=lineage_tags(spec, code_rev))
+        run_id = run.info.run_id
+        # Params are the flattened identity spec (defaults included, so the UI shows them all).
+        full = {k: v for k, v in spec.model_dump(mode="json").items() if k not in RUNTIME_FIELDS}
+        params = [Param(k, v[:6000]) for k, v in sorted(flatten(full).items())]
+        for i in range(0, len(params), _MAX_PARAMS_PER_BATCH):
+            client.log_batch(run_id, params=params[i : i + _MAX_PARAMS_PER_BATCH])
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.SCHEDULED))
+    sweep_tag = f"{TAG}sweep.{sweep}"
+    if run.data.tags.get(sweep_tag) != "1":
+        client.set_tag(run_id, sweep_tag, "1")
+    return run_id
+
+
+def find_level_runs(client: MlflowClient, lineage: str, experiment_ids: list[str] | None = None) -> dict[int, Any]:
+    """Child runs of a lineage by level (the earliest one if an old bug made two)."""
+    runs = search_all(client, tag_filter(kind=KIND_LEVEL, lineage_id=lineage), experiment_ids)
+    by_level: dict[int, Any] = {}
+    for run in sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True):
+        by_level[int(run.data.tags[f"{TAG}level"])] = run
+    return by_level
+
+
+def log_level(client: MlflowClient, ref: TrackingRef, result, *, tags: Mapping[str, str]) -> str:
+    """Record one level (a `trainables.lineage.LevelResult`) as a FINISHED child run with its
+    metrics and the checkpoint as artifact `checkpoint/`. A level already FINISHED is left alone."""
+    existing = find_level_runs(client, result.lineage_id, [ref.experiment_id]).get(result.level)
+    if existing is not None and existing.info.status == "FINISHED":
+        return existing.info.run_id
+    if existing is None:
+        child_tags = {
+            **tags, f"{TAG}kind": KIND_LEVEL, f"{TAG}level": str(result.level),
+            f"{TAG}checkpoint_id": result.checkpoint_id, "mlflow.parentRunId": ref.parent_run_id,
+        }
+        run_id = client.create_run(ref.experiment_id, run_name=result.checkpoint_id, tags=child_tags).info.run_id
+    else:
+        run_id = existing.info.run_id
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(result.metrics[k]), now, 0) for k in LEVEL_METRICS]
+    client.log_batch(run_id, metrics=metrics)
+    client.log_artifacts(run_id, str(result.checkpoint_dir), artifact_path="checkpoint")
+    # The parent's metrics use the level as step, so the UI charts accuracy against level.
+    client.log_batch(ref.parent_run_id, metrics=[Metric(k, float(result.metrics[k]), now, result.level)
+                                                 for k in LEVEL_METRICS])
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def set_lineage_status(client: MlflowClient, parent_run_id: str, status: str) -> None:
+    """RUNNING while a trial works on the lineage, FINISHED or FAILED at the end."""
+    if status == "RUNNING":
+        client.update_run(parent_run_id, status="RUNNING")
+    else:
+        client.set_terminated(parent_run_id, status)
+
