@@ -39,11 +39,20 @@ class AnalysisOutcome:
 
 
 def run_analysis(
-    sweep: str, spec: AnalysisSpec, *, workdir: str | os.PathLike, tracking_uri: str, echo: Echo = print
+    sweep: str,
+    spec: AnalysisSpec,
+    *,
+    workdir: str | os.PathLike,
+    tracking_uri: str,
+    echo: Echo = print,
+    connect: Callable[[], None] | None = None,
 ) -> AnalysisOutcome:
-    """Analyse every finished checkpoint of `sweep` (its lineages found in MLflow by tags)."""
-    import ray
+    """Analyse every finished checkpoint of `sweep` (its lineages found in MLflow by tags).
 
+    connect: called before the first Ray Data stage (e.g. to `ray.init`), and only if there is
+        something to compute, so that a run with nothing missing starts no Ray at all.
+    """
+    ray = _LazyRay(connect)
     start = time.perf_counter()
     aid = analysis_id(spec)
     catalog = build_catalog(sweep, tracking_uri=tracking_uri, workdir=workdir)
@@ -61,6 +70,33 @@ def run_analysis(
              f"{computed[measure]} new")
     return AnalysisOutcome(aid, len(catalog), len(reps), tuple(failed), total, computed,
                            time.perf_counter() - start)
+
+
+class _LazyRay:
+    """The `ray` module, connected (and Ray Data quietened) on first attribute access."""
+
+    def __init__(self, connect: Callable[[], None] | None):
+        self._connect, self._module = connect, None
+
+    def __getattr__(self, name: str):
+        if self._module is None:
+            import ray
+
+            if self._connect is not None:
+                self._connect()
+            _quiet_ray_data(ray)
+            self._module = ray
+        return getattr(self._module, name)
+
+
+def _quiet_ray_data(ray) -> None:
+    """Our own progress lines say what the stage does; Ray Data's per-operator logs drown them."""
+    import logging
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def _manifest_path(workdir: Path, spec: AnalysisSpec, cid: str) -> Path:

@@ -44,9 +44,8 @@ def status(sweep: SweepSpec) -> int:
 def analyze(sweep: SweepSpec) -> int:
     from analysis.pipeline import run_analysis
 
-    ensure_ray()
     outcome = run_analysis(sweep.name, sweep.analysis, workdir=sweep.workdir,
-                           tracking_uri=sweep.resolved_tracking_uri, echo=_echo)
+                           tracking_uri=sweep.resolved_tracking_uri, echo=_echo, connect=ensure_ray)
     for cid, reason in outcome.failed_checkpoints:
         _echo(f"skipped checkpoint {cid}: {reason}")
     _echo(f"analysis {outcome.analysis_id}: {outcome.n_representations} representations, "

@@ -46,7 +46,8 @@ class SweepSpec(BaseModel):
     resources: Resources = Field(Resources(), description="Resources of one lineage trial.")
     max_concurrent: int | None = Field(None, ge=1, description="Lineages running at once (default: as resources allow).")
     max_failures: int = Field(2, ge=0, description="Retries of a failed lineage trial.")
-    grid: dict[str, list[Any]] = Field({}, description="Dotted lineage field -> values; the cartesian product.")
+    # Axes are checked by validate_sweep (each a non-empty list), with the lineage fields they set.
+    grid: dict[str, Any] = Field({}, description="Dotted lineage field -> list of values; the cartesian product.")
     analysis: AnalysisSpec = Field(AnalysisSpec(), description="What `impsweep analyze` computes.")
     smoke: dict[str, Any] = Field({}, description="Overrides applied by --smoke (dotted keys).")
     base: dict[str, Any] = Field(description="The lineage fields shared by every grid point.")
@@ -104,26 +105,30 @@ def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[s
     return out
 
 
-def _format(err: dict[str, Any], prefix: str) -> str:
-    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
-    path = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "(top level)"
+def _format(err: dict[str, Any], root: type[BaseModel], prefix: str = "") -> str:
+    """`path: message (got value)`, with the valid field names for an unknown key."""
+    loc = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
+    path = prefix + ".".join(loc) if loc else "(top level)"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        msg += f"; expected one of {sorted(_fields_at(err['loc'], prefix))}"
+        msg += f"; expected one of {_fields_at(root, loc[:-1])}"
     value = err.get("input")
     shown = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(value, dict) else f" (got {value!r})"
     return f"{path}: {msg}{shown}"
 
 
-def _fields_at(loc: Sequence[Any], prefix: str) -> set[str]:
-    cls: type[BaseModel] = LineageSpec if prefix.endswith("base.") or prefix.startswith("grid") else SweepSpec
-    if cls is SweepSpec and loc and loc[0] == "base":
-        cls, loc = LineageSpec, loc[1:]
-    nested = {"train": TrainSpec, "prune": PruneSpec, "resources": Resources, "analysis": AnalysisSpec}
-    for part in loc[:-1]:
-        cls = nested.get(str(part), cls)
-    fields = set(cls.model_fields) - {"base", "lineages"}
-    return fields | set(SWEEP_KEYS) if cls is LineageSpec and not prefix.startswith("grid") else fields
+def _fields_at(root: type[BaseModel], loc: Sequence[str]) -> list[str]:
+    """Field names of the model found by following `loc` from `root` (sweep keys at the top)."""
+    cls = root
+    for part in loc:
+        annotation = cls.model_fields[part].annotation if part in cls.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        cls = annotation
+    names = set(cls.model_fields) - {"base", "lineages"}
+    if cls is LineageSpec:
+        names |= set(SWEEP_KEYS)
+    return sorted(names)
 
 
 def expand_grid(base: dict[str, Any], grid: Mapping[str, Sequence[Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -148,7 +153,7 @@ def validate_sweep(raw: Any, source: str = "sweep") -> SweepSpec:
     try:
         sweep = SweepSpec.model_validate({**sweep_part, "base": base})
     except ValidationError as err:
-        errors += [_format(e, "") for e in err.errors() if e["loc"][:1] != ("base",)]
+        errors += [_format(e, SweepSpec) for e in err.errors() if e["loc"][:1] not in (("base",), ("grid",))]
     grid = raw.get("grid") if isinstance(raw.get("grid"), dict) else {}
     bad_axes = [k for k, v in grid.items() if not isinstance(v, list) or not v]
     errors += [f"grid.{k}: expected a non-empty list of values (got {grid[k]!r})" for k in bad_axes]
@@ -160,10 +165,7 @@ def validate_sweep(raw: Any, source: str = "sweep") -> SweepSpec:
         except ValidationError as err:
             for e in err.errors():
                 key = ".".join(map(str, e["loc"]))
-                prefix = f"grid.{key}" if key in point else ""
-                line = _format(e, f"{prefix}=" if prefix else "")
-                if prefix:
-                    line = f"{prefix}: {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})"
+                line = _format(e, LineageSpec, "grid." if key in point else "")
                 if line not in seen:
                     seen.add(line)
                     errors.append(line)

@@ -1,0 +1,171 @@
+"""run_lineage: levels, exact masks, rewinding, schedules, controls, resume equivalence."""
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from trainables import LineageSpec, load_checkpoint, run_lineage
+from trainables import checkpoints as ckpt
+from trainables.lineage import _Run
+from trainables.schedules import level_plans
+
+
+def _digest(state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _level(result, k):
+    return load_checkpoint(result.levels[k].checkpoint_dir)
+
+
+def test_imp_levels_sparsity_and_zeros(tiny_spec, tmp_path):
+    spec = tiny_spec(prune={"levels": 3})
+    result = run_lineage(spec, workdir=tmp_path)
+    assert [lv.level for lv in result.levels] == [0, 1, 2, 3]
+    assert [lv.checkpoint_id for lv in result.levels] == [f"{result.lineage_id}/L0{k}" for k in range(4)]
+    for k, lv in enumerate(result.levels):
+        assert lv.metrics["sparsity"] == pytest.approx(1 - 0.8**k, abs=1e-4)
+        stored = _level(result, k)
+        for name, mask in stored.masks.items():
+            assert torch.all(stored.model[name][~mask] == 0), f"pruned weights of {name} revived at L{k}"
+    assert result.levels[0].metrics["test_acc"] > 0.8
+
+
+def test_same_spec_same_weights(tiny_spec, tmp_path):
+    spec = tiny_spec()
+    a = run_lineage(spec, workdir=tmp_path / "a")
+    b = run_lineage(spec, workdir=tmp_path / "b")
+    assert _digest(_level(a, 2).model) == _digest(_level(b, 2).model)
+    assert _digest(_level(a, 2).masks) == _digest(_level(b, 2).masks)
+
+
+def test_resume_is_bit_identical(tiny_spec, tmp_path):
+    spec = tiny_spec(train={"epochs": 3})
+    whole = run_lineage(spec, workdir=tmp_path / "whole")
+
+    class Stop(Exception):
+        pass
+
+    def stop_mid_level_1(level, epoch):
+        if (level, epoch) == (1, 2):
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_lineage(spec, workdir=tmp_path / "cut", on_epoch=stop_mid_level_1)
+    assert ckpt.complete_levels(tmp_path / "cut", whole.lineage_id) == [0]
+    resumed = run_lineage(spec, workdir=tmp_path / "cut")
+    assert [lv.resumed for lv in resumed.levels] == [True, False, False]
+    assert _digest(_level(resumed, 2).model) == _digest(_level(whole, 2).model)
+    assert resumed.levels[2].metrics["test_acc"] == whole.levels[2].metrics["test_acc"]
+
+
+def test_rerun_reads_back_without_training(tiny_spec, tmp_path):
+    spec = tiny_spec()
+    first = run_lineage(spec, workdir=tmp_path)
+    again = run_lineage(spec, workdir=tmp_path)
+    assert all(lv.resumed for lv in again.levels)
+    assert [lv.metrics for lv in again.levels] == [lv.metrics for lv in first.levels]
+
+
+def test_stored_spec_mismatch_is_refused(tiny_spec, tmp_path):
+    spec = tiny_spec()
+    run = _Run(spec, tmp_path, torch.device("cpu"), None)
+    stored = run.root / "spec.json"
+    stored.write_text(stored.read_text().replace('"lenet_300_100"', '"fcn"', 1))
+    with pytest.raises(ValueError, match="stored spec.json has identity"):
+        run_lineage(spec, workdir=tmp_path)
+
+
+@pytest.mark.parametrize("rewind", ["init", "step"])
+def test_rewinding_restores_surviving_weights_exactly(tiny_spec, tmp_path, rewind):
+    extra = {"rewind_step": 5} if rewind == "step" else {}
+    spec = tiny_spec(prune={"rewind": rewind, **extra})
+    run = _Run(spec, tmp_path, torch.device("cpu"), None)
+    plans = level_plans(spec, run.steps_per_epoch)
+    run.level(plans[0])
+    point = ckpt.load_torch(run.rewind_path)
+    assert point["step"] == (5 if rewind == "step" else 0)
+    masks = run._start_level(plans[1])
+    state = run.model.state_dict()
+    for name, mask in masks.items():
+        assert torch.equal(state[name][mask], point["model"][name][mask])
+        assert torch.all(state[name][~mask] == 0)
+
+
+def test_rewind_lr_keeps_trained_weights(tiny_spec, tmp_path):
+    spec = tiny_spec(prune={"rewind": "lr", "levels": 1})
+    run = _Run(spec, tmp_path, torch.device("cpu"), None)
+    plans = level_plans(spec, run.steps_per_epoch)
+    run.level(plans[0])
+    dense = load_checkpoint(ckpt.level_dir(tmp_path, run.lineage_id, 0))
+    masks = run._start_level(plans[1])
+    for name, mask in masks.items():
+        assert torch.equal(run.model.state_dict()[name][mask], dense.model[name][mask])
+
+
+def test_oneshot_levels_hit_targets_from_dense(tiny_spec, tmp_path):
+    spec = tiny_spec(prune={"schedule": "oneshot", "targets": [0.5, 0.9]})
+    result = run_lineage(spec, workdir=tmp_path)
+    assert [round(lv.metrics["sparsity"], 4) for lv in result.levels] == [0.0, 0.5, 0.9]
+
+
+def test_gradual_ramps_to_each_target(tiny_spec, tmp_path):
+    spec = tiny_spec(train={"epochs": 2}, prune={"schedule": "gradual", "targets": [0.5, 0.8],
+                                                 "gradual_every_steps": 2})
+    result = run_lineage(spec, workdir=tmp_path)
+    assert [round(lv.metrics["sparsity"], 3) for lv in result.levels] == [0.0, 0.5, 0.8]
+
+
+def test_aimp_shortens_intermediate_levels(tiny_spec, tmp_path):
+    spec = tiny_spec(train={"epochs": 3}, prune={"schedule": "aimp", "levels": 3, "aimp_epochs": 1})
+    result = run_lineage(spec, workdir=tmp_path)
+    assert [lv.metrics["epochs"] for lv in result.levels] == [3, 1, 1, 3]
+
+
+def test_finetune_uses_constant_small_lr(tiny_spec):
+    spec = tiny_spec(prune={"rewind": "finetune", "finetune_lr": 0.001})
+    plan = level_plans(spec)[1]
+    assert plan.constant_lr and plan.lr == 0.001
+
+
+def test_random_reinit_control_changes_weights_not_mask(tiny_spec, tmp_path):
+    base = run_lineage(tiny_spec(prune={"levels": 1}), workdir=tmp_path / "a")
+    ctrl = run_lineage(tiny_spec(prune={"levels": 1, "control": "random_reinit"}), workdir=tmp_path / "b")
+    assert _digest(_level(base, 1).masks) == _digest(_level(ctrl, 1).masks)
+    assert _digest(_level(base, 1).model) != _digest(_level(ctrl, 1).model)
+
+
+def test_random_prune_control_keeps_per_layer_counts(tiny_spec, tmp_path):
+    base = run_lineage(tiny_spec(prune={"levels": 1}), workdir=tmp_path / "a")
+    ctrl = run_lineage(tiny_spec(prune={"levels": 1, "control": "random_prune"}), workdir=tmp_path / "b")
+    mb, mc = _level(base, 1).masks, _level(ctrl, 1).masks
+    assert {n: int(m.sum()) for n, m in mb.items()} == {n: int(m.sum()) for n, m in mc.items()}
+    assert _digest(mb) != _digest(mc)
+
+
+@pytest.mark.parametrize("fields,match", [
+    ({"model": "resnet9000"}, "unknown model 'resnet9000'; expected one of"),
+    ({"dataset": "imagenet"}, "unknown dataset 'imagenet'; expected one of"),
+    ({"prune": {"rate": 1.0}}, "prune.rate"),
+    ({"prune": {"rate": 0.0}}, "prune.rate"),
+    ({"prune": {"levels": -1}}, "prune.levels"),
+    ({"train": {"optimizer": "lion"}}, "'sgd' or 'adam'"),
+    ({"prune": {"rewind": "step"}}, "rewind_step must be >= 1"),
+    ({"prune": {"targets": [0.5]}}, "applies to schedules oneshot and gradual"),
+    ({"colour": "blue"}, "colour"),
+])
+def test_bad_specs_name_field_and_options(fields, match):
+    raw = {"model": "lenet_300_100", "dataset": "digits"}
+    for key, value in fields.items():
+        raw[key] = value
+    with pytest.raises(ValidationError) as info:
+        LineageSpec.model_validate(raw)
+    text = str(info.value).replace("\n  ", ".").replace("\n", " ")
+    assert match.split(".")[-1] in text
