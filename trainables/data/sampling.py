@@ -66,8 +66,8 @@ def _batches(x: Tensor, y: Tensor, *, batch_size: int, epoch_seed: int, augment:
     order = torch.randperm(n, generator=generator, device=x.device)
     stop = n - n % batch_size if drop_last else n
     if augment:
-        # One gather and one bulk augmentation per epoch; batches are then views.
-        x_epoch, y_epoch = flip_crop(x[order], generator=generator), y[order]
+        # The whole epoch permuted and augmented in one pass; batches are then views.
+        x_epoch, y_epoch = flip_crop(x, generator=generator, order=order), y[order]
         for start in range(0, stop, batch_size):
             yield x_epoch[start:start + batch_size], y_epoch[start:start + batch_size]
     else:
