@@ -108,13 +108,13 @@ def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[s
 def _format(err: dict[str, Any], root: type[BaseModel], prefix: str = "") -> str:
     """`path: message (got value)`, with the valid field names for an unknown key."""
     loc = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
-    path = prefix + ".".join(loc) if loc else "(top level)"
+    path = prefix + ".".join(loc)
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg += f"; expected one of {_fields_at(root, loc[:-1])}"
     value = err.get("input")
     shown = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(value, dict) else f" (got {value!r})"
-    return f"{path}: {msg}{shown}"
+    return f"{path}: {msg}{shown}" if path else msg
 
 
 def _fields_at(root: type[BaseModel], loc: Sequence[str]) -> list[str]:

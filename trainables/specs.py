@@ -152,6 +152,22 @@ class LineageSpec(_Spec):
         return v
 
     @model_validator(mode="after")
+    def _known_options(self) -> LineageSpec:
+        from trainables.data import DATASETS, dataset_options
+        from trainables.models import MODELS, model_options
+
+        checks = [("model_options", self.model, self.model_options, MODELS, model_options),
+                  ("dataset_options", self.dataset, self.dataset_options, DATASETS, dataset_options)]
+        for field, name, given, registry, valid_of in checks:
+            if name in registry:
+                unknown = sorted(set(given) - set(valid_of(name)))
+                if unknown:
+                    raise ValueError(
+                        f"{field}: unknown option {unknown[0]!r} for {name!r}; expected one of {sorted(valid_of(name))}"
+                    )
+        return self
+
+    @model_validator(mode="after")
     def _rewind_step_within_training(self) -> LineageSpec:
         if self.prune.rewind == "step" and self.prune.rewind_step < 1:
             raise ValueError("prune.rewind_step must be >= 1 when prune.rewind is 'step'")
