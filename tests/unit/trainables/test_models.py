@@ -42,8 +42,12 @@ def test_forward_shape_and_probe_layers(name: str, input_shape: tuple[int, ...])
     assert set(model.preactivation_layers) | set(model.preactivation_layers.values()) <= paths
     assert model.output_layer in paths and model.probe_layers[-1] == model.output_layer
     assert set(model.preactivation_layers) == set(model.probe_layers[:-1])
-    output_layer = dict(model.named_modules())[model.output_layer]
+    modules = dict(model.named_modules())
+    output_layer = modules[model.output_layer]
     assert isinstance(output_layer, nn.Linear) and output_layer.out_features == 7
+    # probes are ReLU modules, never in-place: in-place would overwrite the captured pre-activation
+    assert all(isinstance(modules[p], nn.ReLU) for p in model.preactivation_layers)
+    assert not any(isinstance(m, nn.ReLU) and m.inplace for m in modules.values())
 
     x = torch.randn(3, *input_shape)
     with torch.no_grad():
@@ -53,14 +57,6 @@ def test_forward_shape_and_probe_layers(name: str, input_shape: tuple[int, ...])
     for probe, pre in model.preactivation_layers.items():
         # the probe is the ReLU of its pre-activation: the analysis relies on both paths
         torch.testing.assert_close(outputs[probe], torch.relu(outputs[pre]))
-
-
-@pytest.mark.parametrize("name", list(MODELS))
-def test_relus_are_modules_and_not_inplace(name: str) -> None:
-    model = build_model(name, input_shape=(1, 8, 8), num_classes=2)
-    modules = dict(model.named_modules())
-    assert all(isinstance(modules[p], nn.ReLU) for p in model.preactivation_layers)
-    assert not any(isinstance(m, nn.ReLU) and m.inplace for m in modules.values())
 
 
 def test_lenet_300_100_layout() -> None:
