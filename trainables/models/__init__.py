@@ -55,7 +55,8 @@ def build_model(name: str, *, input_shape: tuple[int, ...], num_classes: int,
     valid = model_options(name)
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ValueError(f"unknown option {unknown[0]!r} for model {name!r}; expected one of {sorted(valid)}")
+        expected = f"expected one of {sorted(valid)}" if valid else "it takes no options"
+        raise ValueError(f"unknown option {unknown[0]!r} for model {name!r}; {expected}")
     return builder(_check_shape(input_shape), _check_classes(num_classes), **options)
 
 

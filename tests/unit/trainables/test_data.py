@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import random
+import re
 import struct
 from pathlib import Path
 
@@ -114,12 +115,12 @@ def _images(n: int, channels: int) -> np.ndarray:
 
 
 def _check_pixels(x: torch.Tensor, name: str, n: int, channels: int) -> None:
-    mean, std = (torch.tensor(s).view(1, -1) for s in (torchvision_stats(name)))
+    mean, std = (torch.tensor(s).view(1, -1) for s in _stats(name))
     raw = torch.as_tensor(_images(n, channels)[:, :, 0, 0], dtype=torch.float32)
     torch.testing.assert_close(x[:, :, 5, 7], (raw / 255 - mean) / std)
 
 
-def torchvision_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     from trainables.data.vision import _SOURCES
 
     return _SOURCES[name].mean, _SOURCES[name].std
@@ -136,7 +137,7 @@ def test_mnist_layout(tmp_path: Path, name: str, folder: str) -> None:
     splits = load_dataset(name, data_root=tmp_path)
     assert splits.x_train.shape == (6, 1, 28, 28) and splits.x_test.shape == (4, 1, 28, 28)
     assert splits.y_test.tolist() == [0, 1, 2, 3] and splits.info.input_shape == (1, 28, 28)
-    (mean,), (std,) = torchvision_stats(name)
+    (mean,), (std,) = _stats(name)
     torch.testing.assert_close(splits.x_train[:, 0, 3, 3], (torch.arange(1.0, 7.0) / 255 - mean) / std)
 
 
@@ -190,7 +191,8 @@ def test_svhn_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
                                              ("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python"),
                                              ("svhn", "32x32.mat")])
 def test_missing_files_say_where_and_how(tmp_path: Path, name: str, where: str) -> None:
-    with pytest.raises(FileNotFoundError, match=rf"{name}.*{tmp_path}.*{where}.*download=true") as info:
+    pattern = rf"{name}.*{re.escape(str(tmp_path))}.*{re.escape(where)}.*download=true"
+    with pytest.raises(FileNotFoundError, match=pattern) as info:
         load_dataset(name, data_root=tmp_path)
     assert info.value.__cause__ is None and "download: true" in str(info.value)
     assert list(tmp_path.iterdir()) == []  # download=False never creates anything

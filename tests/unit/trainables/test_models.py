@@ -101,7 +101,7 @@ def test_unknown_option_names_option_and_valid_ones() -> None:
     with pytest.raises(ValueError, match=r"unknown option 'width' for model 'fcn'; expected one of "
                                          r"\['batchnorm', 'widths'\]"):
         build_model("fcn", input_shape=(40,), num_classes=10, options={"width": 3})
-    with pytest.raises(ValueError, match=r"unknown option 'widths' for model 'lenet5'"):
+    with pytest.raises(ValueError, match=r"unknown option 'widths' for model 'lenet5'; it takes no options"):
         build_model("lenet5", input_shape=(1, 28, 28), num_classes=10, options={"widths": 3})
 
 
