@@ -52,6 +52,21 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
+def _fits_on_device(splits, device: torch.device, max_gb: float) -> bool:
+    """Keep the whole dataset on the device when it fits within the budget (always on CPU)."""
+    if device.type == "cpu":
+        return True
+    tensors = (splits.x_train, splits.y_train, splits.x_test, splits.y_test)
+    return sum(t.numel() * t.element_size() for t in tensors) <= max_gb * 2**30
+
+
+def _to_device(batches, device: torch.device, channels_last: bool):
+    """The streaming path: batches drawn in host memory, copied to the device one at a time."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for x, y in batches:
+        yield x.to(device, non_blocking=True, memory_format=fmt), y.to(device, non_blocking=True)
+
+
 def _seed_of(*parts: Any) -> int:
     """A 63-bit seed derived from the lineage seed and a purpose, stable across processes."""
     return int(digest("/".join(map(str, parts))), 16) & (2**63 - 1)
@@ -120,12 +135,22 @@ class _Run:
         self.splits = load_dataset(
             spec.dataset, options=spec.dataset_options, data_root=spec.data_root, download=spec.download
         )
-        self.x_train = self.splits.x_train.to(device)
-        self.y_train = self.splits.y_train.to(device)
-        self.x_test = self.splits.x_test.to(device)
-        self.y_test = self.splits.y_test.to(device)
+        self.resident = _fits_on_device(self.splits, device, spec.max_device_data_gb)
+        # Resident data lives on the device as one tensor (batches are index slices there);
+        # otherwise it stays in pinned host memory and each batch is copied over (streaming).
+        place = (lambda t: t.to(device)) if self.resident else (lambda t: t.pin_memory() if device.type == "cuda" else t)
+        self.x_train, self.y_train = place(self.splits.x_train), place(self.splits.y_train)
+        self.x_test, self.y_test = place(self.splits.x_test), place(self.splits.y_test)
+        self.channels_last = device.type == "cuda" and self.x_train.ndim == 4
+        if self.channels_last and self.resident:
+            self.x_train = self.x_train.contiguous(memory_format=torch.channels_last)
         self.steps_per_epoch = -(-len(self.x_train) // spec.train.batch_size)
         self.model = _init_model(spec, self.splits.info, _seed_of(spec.seed, "init"), device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # The compiled module shares parameters with self.model, which keeps the plain names
+        # that masks and checkpoints use.
+        self.forward = torch.compile(self.model) if spec.compile else self.model
         self.names = prunable_names(self.model, spec.prune)
         self.done = set(ckpt.complete_levels(workdir, self.lineage_id))
         self._ensure_rewind_point()
@@ -219,8 +244,11 @@ class _Run:
                 self.x_train, self.y_train, batch_size=train.batch_size,
                 epoch_seed=_seed_of(spec.seed, "data", plan.level, epoch), augment=self.splits.info.augment,
             )
+            if not self.resident:
+                batches = _to_device(batches, self.device, self.channels_last)
             loss, n = train_epoch(
-                self.model, optimizer, batches, masks=masks, lr_of_step=lr_of_step, first_step=step, on_step=on_step
+                self.model, optimizer, batches, masks=masks, lr_of_step=lr_of_step, first_step=step,
+                on_step=on_step, forward=self.forward,
             )
             epoch, step, wall = epoch + 1, step + n, wall + time.perf_counter() - t0
             losses.append(loss)
@@ -234,7 +262,7 @@ class _Run:
         return self._finish_level(plan, masks, optimizer, step, losses, wall)
 
     def _finish_level(self, plan, masks, optimizer, step, losses, wall) -> LevelResult:
-        test_loss, test_acc = evaluate(self.model, self.x_test, self.y_test)
+        test_loss, test_acc = evaluate(self.forward, self.x_test, self.y_test, device=self.device)
         report = sparsity_report(self.model, masks)
         metrics = {
             "sparsity": report.sparsity, "sparsity_all": report.sparsity_all, "test_acc": test_acc,

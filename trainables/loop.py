@@ -64,13 +64,17 @@ def train_epoch(
     lr_of_step: Callable[[int], float],
     first_step: int,
     on_step: Callable[[int], None] | None = None,
+    forward: nn.Module | None = None,
 ) -> tuple[float, int]:
     """One epoch of masked SGD. Returns (mean training loss, steps taken).
+
+    forward: what computes the logits (a `torch.compile`d wrapper of `model`), default `model`.
 
     After every step the pruned weights are zeroed again (weight decay and momentum would
     otherwise revive them) and so are their optimizer buffers.
     """
     model.train()
+    forward = model if forward is None else forward
     device = next(model.parameters()).device
     total = torch.zeros((), dtype=torch.float64, device=device)
     step = first_step
@@ -78,7 +82,7 @@ def train_epoch(
         for group in optimizer.param_groups:
             group["lr"] = lr_of_step(step)
         with _autocast(device):
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(forward(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -94,14 +98,19 @@ def train_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1024) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of `model` on x: [n, ...], y: [n]."""
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1024, device: torch.device | None = None
+) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of `model` on x: [n, ...], y: [n]; batches are moved to
+    `device` (default: x's) when the data is streamed from host memory."""
+    device = x.device if device is None else device
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     for start in range(0, len(x), batch_size):
-        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-        with _autocast(x.device):
+        xb = x[start : start + batch_size].to(device, non_blocking=True)
+        yb = y[start : start + batch_size].to(device, non_blocking=True)
+        with _autocast(device):
             logits = model(xb)
         loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").double()
         correct += (logits.argmax(1) == yb).sum()

@@ -10,7 +10,8 @@ SCHEMA_VERSION = 1
 
 # Fields of LineageSpec that say where and how fast, never what: they never enter ids.
 RUNTIME_FIELDS = frozenset(
-    {"data_root", "download", "device", "compile", "fuse", "num_workers", "checkpoint_every_epochs"}
+    {"data_root", "download", "device", "compile", "fuse", "num_workers", "checkpoint_every_epochs",
+     "max_device_data_gb"}
 )
 
 # Keywords of `prune.exclude`; any other entry is a glob over parameter names.
@@ -132,6 +133,9 @@ class LineageSpec(_Spec):
     fuse: int = Field(1, ge=1, description="Lineages trained together in one process.")
     num_workers: int = Field(0, ge=0, description="Data-loading workers (streaming path).")
     checkpoint_every_epochs: int = Field(1, ge=1, description="Progress checkpoint period.")
+    max_device_data_gb: float = Field(
+        4.0, gt=0, description="Datasets up to this size live on the training device; larger ones stream."
+    )
 
     @field_validator("model")
     @classmethod
