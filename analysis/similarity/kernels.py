@@ -57,6 +57,12 @@ def _chunks(indices: Sequence[int], sizes: Sequence[int], cap: int) -> Iterator[
         yield chunk
 
 
+def _size(sketch: Sketch, packed: bool) -> int:
+    if sketch.factor is None:
+        return 0
+    return sketch.factor.numel() if packed else sketch.dim
+
+
 def _product(a: torch.Tensor, b: torch.Tensor, precision: str) -> torch.Tensor:
     """a^T b, in fp32 (TF32 where the backend allows it) for precision="fast"."""
     if precision == "fast":
@@ -90,8 +96,8 @@ def evaluate(info: MeasureInfo, options: Mapping[str, Any], rows: Sequence[Sketc
         return Tile(forward, backward, status)
     n = rows[live_rows[0]].n
     packed = rows[live_rows[0]].factor.ndim == 1
-    row_sizes = [s.factor.numel() if packed else s.dim for s in rows]
-    col_sizes = [s.factor.numel() if packed else s.dim for s in cols]
+    row_sizes = [_size(s, packed) for s in rows]
+    col_sizes = [_size(s, packed) for s in cols]
     cap = TILE_ELEMENTS if packed else max(1, min(TILE_ELEMENTS // n, int(TILE_ELEMENTS ** .5)))
     col_chunks = list(_chunks(live_cols, col_sizes, cap))
     for rows_chunk in _chunks(live_rows, row_sizes, cap):

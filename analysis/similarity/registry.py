@@ -60,7 +60,7 @@ MEASURES: Mapping[str, MeasureInfo] = MappingProxyType({m.name: m for m in (
              invariances=_LINEAR, defaults={"variance": 0.99}),
     _measure("pwcca", "cca", "projection-weighted CCA as in Morcos et al. 2018; weights "
              "from the representation with fewer effective dimensions (ties: first)",
-             invariances=_INVERTIBLE),
+             symmetric=False, invariances=_INVERTIBLE),
     _measure("pwcca_google", "cca", "google/svcca compute_pwcca compatibility: unwhitened "
              "rotation with neuron means added back; depends on SVD signs (about +-0.01) "
              "and on argument order", symmetric=False,
