@@ -71,63 +71,104 @@ def run_sweep(sweep: SweepSpec, *, echo: Echo = print) -> SweepOutcome:
     """Run every lineage of `sweep` that is not done yet; recompute nothing that is."""
     start = time.perf_counter()
     client, experiment_id = prepare_tracking(sweep)
-    plans = plan_sweep(sweep, client)
     rev = code_rev()
-    parents = {
-        p.lineage_id: ensure_parent_run(client, experiment_id, p.spec, sweep=sweep.name, code_rev=rev)
-        for p in plans
-    }
-    todo = [p for p in plans if p.state != "done"]
-    done = len(plans) - len(todo)
-    echo(f"sweep {sweep.name}: {len(plans)} lineages, {done} already done, {len(todo)} to run")
-    failed: tuple[str, ...] = ()
-    if todo:
-        failed = _tune(sweep, todo, parents, experiment_id, rev, echo)
+    if sweep.search is not None:
+        failed, n, done = _search(sweep, experiment_id, rev, echo)
+        ran = n - done
+    else:
+        plans = plan_sweep(sweep, client)
+        parents = {
+            p.lineage_id: ensure_parent_run(client, experiment_id, p.spec, sweep=sweep.name, code_rev=rev)
+            for p in plans
+        }
+        todo = [p for p in plans if p.state != "done"]
+        n, done, ran = len(plans), len(plans) - len(todo), len(todo)
+        echo(f"sweep {sweep.name}: {n} lineages, {done} already done, {len(todo)} to run")
+        failed = _grid(sweep, todo, parents, experiment_id, rev, echo) if todo else ()
     wall = time.perf_counter() - start
     echo(f"sweep {sweep.name}: finished in {wall:.1f}s" + (f", {len(failed)} failed: {list(failed)}" if failed else ""))
-    return SweepOutcome(sweep.name, len(plans), done, len(todo), failed, wall)
+    return SweepOutcome(sweep.name, n, done, ran, failed, wall)
 
 
-def _tune(sweep: SweepSpec, todo: list[LineagePlan], parents: dict[str, str], experiment_id: str,
-          rev: str, echo: Echo) -> tuple[str, ...]:
+def _tracking(sweep: SweepSpec, experiment_id: str, rev: str, parent_run_id: str = "") -> dict[str, str]:
+    return TrackingRef(sweep.resolved_tracking_uri, experiment_id, parent_run_id, sweep.name, rev).__dict__
+
+
+def _run_config(sweep: SweepSpec, echo: Echo, expected: int):
     from ray import tune
 
     from orchestrator.progress import ProgressCallback
-    from trainables.tune_entry import lineage_trainable
+
+    return tune.RunConfig(
+        name=sweep.name,
+        storage_path=sweep.resolved_storage_path,
+        failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+        # Tune's checkpoints are small pointers (the lineage keeps its own levels); keeping
+        # them all avoids the forced experiment snapshot that num_to_keep triggers.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+        callbacks=[ProgressCallback(echo, expected)],
+        verbose=0,
+    )
+
+
+def _grid(sweep: SweepSpec, todo: list[LineagePlan], parents: dict[str, str], experiment_id: str,
+          rev: str, echo: Echo) -> tuple[str, ...]:
+    """One trial per unfinished lineage. A new driver after a crash plans again from the
+    workdir and MLflow, so nothing depends on Tune's experiment state."""
+    from ray import tune
+
+    from trainables.tune_entry import lineage_trainable, trial_name
 
     ensure_ray()
     workdir = str(sweep.workdir_path.resolve())
-    configs = []
-    for plan in todo:
-        ref = TrackingRef(sweep.resolved_tracking_uri, experiment_id, parents[plan.lineage_id], sweep.name, rev)
-        configs.append({"lineage_id": plan.lineage_id, "spec": plan.spec.model_dump(mode="json"),
-                        "workdir": workdir, "tracking": ref.__dict__})
-    resources = {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu}
+    configs = [{"spec": p.spec.model_dump(mode="json"), "workdir": workdir,
+                "tracking": _tracking(sweep, experiment_id, rev, parents[p.lineage_id])} for p in todo]
     tuner = tune.Tuner(
-        tune.with_resources(lineage_trainable, resources),
+        tune.with_resources(lineage_trainable, _resources(sweep)),
         param_space={"lineage": tune.grid_search(configs)},
-        tune_config=tune.TuneConfig(
-            max_concurrent_trials=sweep.max_concurrent,
-            trial_name_creator=_trial_name,
-            trial_dirname_creator=_trial_name,
-        ),
-        run_config=tune.RunConfig(
-            name=sweep.name,
-            storage_path=str(sweep.workdir_path.resolve() / "ray"),
-            failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-            # Tune's checkpoints are small pointers (the lineage keeps its own levels); keeping
-            # them all avoids the forced experiment snapshot that num_to_keep triggers.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-            callbacks=[ProgressCallback(echo, {p.lineage_id: p.n_levels for p in todo})],
-            verbose=0,
-        ),
+        tune_config=tune.TuneConfig(max_concurrent_trials=sweep.max_concurrent,
+                                    trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+        run_config=_run_config(sweep, echo, len(todo)),
     )
+    return _failed(tuner.fit())
+
+
+def _search(sweep: SweepSpec, experiment_id: str, rev: str, echo: Echo) -> tuple[tuple[str, ...], int, int]:
+    """Optuna proposes `num_samples` lineages. After a driver crash the Tune experiment is
+    restored (the study with it), so the sweep still ends with exactly num_samples lineages."""
+    from ray import tune
+
+    from trainables.tune_entry import lineage_trainable, trial_name
+
+    ensure_ray()
+    search = sweep.search
+    path = f"{sweep.resolved_storage_path.rstrip('/')}/{sweep.name}"
+    trainable = tune.with_resources(lineage_trainable, _resources(sweep))
+    if tune.Tuner.can_restore(path):
+        echo(f"sweep {sweep.name}: resuming the search of {search.num_samples} lineages from {path}")
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        echo(f"sweep {sweep.name}: searching {search.num_samples} lineages ({search.sampler})")
+        base = sweep.base
+        lineage = {"base": base, "workdir": str(sweep.workdir_path.resolve()),
+                   "tracking": _tracking(sweep, experiment_id, rev)}
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"lineage": lineage, "sample": search.param_space()},
+            tune_config=tune.TuneConfig(
+                search_alg=search.searcher(), scheduler=search.scheduler(), num_samples=search.num_samples,
+                max_concurrent_trials=sweep.max_concurrent, trial_name_creator=trial_name,
+                trial_dirname_creator=trial_name,
+            ),
+            run_config=_run_config(sweep, echo, search.num_samples),
+        )
     results = tuner.fit()
-    return tuple(
-        r.config["lineage"]["lineage_id"] for r in results if r.error is not None
-    )
+    return _failed(results), len(results), 0
 
 
-def _trial_name(trial) -> str:
-    return trial.config["lineage"]["lineage_id"]
+def _resources(sweep: SweepSpec) -> dict[str, float]:
+    return {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu}
 
+
+def _failed(results) -> tuple[str, ...]:
+    return tuple(str(r.metrics.get("lineage_id") or r.path) for r in results if r.error is not None)

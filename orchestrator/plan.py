@@ -5,16 +5,17 @@ counts as done only when both have it.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
 from orchestrator.specs import SweepSpec
-from trainables.checkpoints import complete_levels
+from trainables.checkpoints import complete_levels, lineage_dir
 from trainables.ids import lineage_id
 from trainables.specs import LineageSpec
-from trainables.tracking import KIND_LEVEL, TAG, search_all, tag_filter
+from trainables.tracking import KIND_LEVEL, KIND_LINEAGE, TAG, search_all, tag_filter
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,19 @@ def _finished_levels(client: MlflowClient | None) -> dict[str, dict[int, float]]
     return out
 
 
+def _searched_lineages(sweep: SweepSpec, client: MlflowClient | None) -> list[LineageSpec]:
+    """A search sweep's lineages are the ones proposed so far: members found in MLflow."""
+    if client is None:
+        return []
+    runs = search_all(client, f"{tag_filter(kind=KIND_LINEAGE)} and tags.`{TAG}sweep.{sweep.name}` = '1'")
+    specs = []
+    for run in sorted(runs, key=lambda r: r.info.start_time or 0):
+        stored = lineage_dir(sweep.workdir, run.data.tags[f"{TAG}lineage_id"]) / "spec.json"
+        if stored.exists():
+            specs.append(LineageSpec.model_validate(json.loads(stored.read_text())["spec"]))
+    return specs
+
+
 def tracking_store_exists(sweep: SweepSpec) -> bool:
     uri = sweep.resolved_tracking_uri
     return not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///"):]).exists()
@@ -51,7 +65,8 @@ def plan_sweep(sweep: SweepSpec, client: MlflowClient | None = None) -> list[Lin
         client = MlflowClient(sweep.resolved_tracking_uri)
     finished = _finished_levels(client)
     plans = []
-    for spec in sweep.lineages:
+    specs = sweep.lineages if sweep.search is None else _searched_lineages(sweep, client)
+    for spec in specs:
         lid = lineage_id(spec)
         n_levels = spec.prune.n_levels + 1
         on_disk = set(complete_levels(sweep.workdir, lid))

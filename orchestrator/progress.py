@@ -9,36 +9,30 @@ from ray.tune import Callback
 class ProgressCallback(Callback):
     """One line per level result and per finished or failed lineage."""
 
-    def __init__(self, echo: Callable[[str], None], n_levels: dict[str, int]):
+    def __init__(self, echo: Callable[[str], None], expected: int):
         self.echo = echo
-        self.n_levels = n_levels
-        self.levels_done: dict[str, int] = {}
+        self.expected = expected  # lineages this run will have run, when it is over
+        self.levels: dict[str, tuple[int, int]] = {}  # trial id -> (levels done, levels in all)
         self.finished: set[str] = set()
         self.failed: set[str] = set()
 
-    @staticmethod
-    def _lineage(trial) -> str:
-        return trial.config["lineage"]["lineage_id"]
-
     def _counts(self) -> str:
-        total = len(self.n_levels)
-        levels = sum(self.levels_done.values())
-        all_levels = sum(self.n_levels.values())
-        running = total - len(self.finished) - len(self.failed)
-        return (f"[{len(self.finished)}/{total} done, {running} running, {len(self.failed)} failed; "
-                f"levels {levels}/{all_levels}]")
+        running = len(self.levels) - len(self.finished) - len(self.failed)
+        done = sum(d for d, _ in self.levels.values())
+        known = sum(n for _, n in self.levels.values())
+        return (f"[{len(self.finished)}/{self.expected} done, {running} running, {len(self.failed)} failed; "
+                f"levels {done}/{known}+]")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        lid = self._lineage(trial)
-        self.levels_done[lid] = max(self.levels_done.get(lid, 0), int(result["level"]) + 1)
+        self.levels[trial.trial_id] = (int(result["level"]) + 1, int(result["n_levels"]))
         how = "read back" if result.get("resumed") else f"{result['wall_s']:.1f}s"
-        self.echo(f"{self._counts()} {lid} L{int(result['level']):02d}: sparsity {result['sparsity']:.3f} "
-                  f"test_acc {result['test_acc']:.4f} ({how})")
+        self.echo(f"{self._counts()} {result['lineage_id']} L{int(result['level']):02d}: "
+                  f"sparsity {result['sparsity']:.3f} test_acc {result['test_acc']:.4f} ({how})")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.finished.add(self._lineage(trial))
-        self.echo(f"{self._counts()} {self._lineage(trial)} finished")
+        self.finished.add(trial.trial_id)
+        self.echo(f"{self._counts()} {trial.custom_dirname or trial.trial_id} finished")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.failed.add(self._lineage(trial))
-        self.echo(f"{self._counts()} {self._lineage(trial)} FAILED: see {trial.local_path}")
+        self.failed.add(trial.trial_id)
+        self.echo(f"{self._counts()} {trial.custom_dirname or trial.trial_id} FAILED: see {trial.local_path}")

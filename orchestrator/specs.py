@@ -15,10 +15,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from analysis.specs import AnalysisSpec
-from trainables.specs import LineageSpec, PruneSpec, TrainSpec
+from orchestrator.search import SearchSpec
+from trainables.specs import LineageSpec, PruneSpec, TrainSpec, with_overrides
 
-SWEEP_KEYS = ("name", "workdir", "tracking_uri", "resources", "max_concurrent", "max_failures",
-              "grid", "analysis", "smoke")
+SWEEP_KEYS = ("name", "workdir", "storage_path", "tracking_uri", "resources", "max_concurrent",
+              "max_failures", "grid", "search", "analysis", "smoke")
 
 
 class SpecError(ValueError):
@@ -42,20 +43,30 @@ class SweepSpec(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Sweep name (MLflow experiment).")
     workdir: str = Field(description="Where checkpoints, tables and the default MLflow store live.")
+    storage_path: str | None = Field(
+        None, description="Ray Tune storage (local path or s3://, gs://); default <workdir>/ray."
+    )
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; default sqlite under workdir.")
     resources: Resources = Field(Resources(), description="Resources of one lineage trial.")
     max_concurrent: int | None = Field(None, ge=1, description="Lineages running at once (default: as resources allow).")
     max_failures: int = Field(2, ge=0, description="Retries of a failed lineage trial.")
     # Axes are checked by validate_sweep (each a non-empty list), with the lineage fields they set.
     grid: dict[str, Any] = Field({}, description="Dotted lineage field -> list of values; the cartesian product.")
+    search: SearchSpec | None = Field(None, description="Optuna search over lineage fields (instead of a grid).")
     analysis: AnalysisSpec = Field(AnalysisSpec(), description="What `impsweep analyze` computes.")
     smoke: dict[str, Any] = Field({}, description="Overrides applied by --smoke (dotted keys).")
     base: dict[str, Any] = Field(description="The lineage fields shared by every grid point.")
-    lineages: tuple[LineageSpec, ...] = Field((), description="Expanded grid (filled by load_sweep).")
+    lineages: tuple[LineageSpec, ...] = Field(
+        (), description="Expanded grid (filled by load_sweep); a search sweep's lineages are proposed as it runs."
+    )
 
     @property
     def workdir_path(self) -> Path:
         return Path(self.workdir)
+
+    @property
+    def resolved_storage_path(self) -> str:
+        return self.storage_path or str(self.workdir_path.resolve() / "ray")
 
     @property
     def resolved_tracking_uri(self) -> str:
@@ -66,19 +77,6 @@ class SweepSpec(BaseModel):
     @property
     def artifact_location(self) -> str:
         return (self.workdir_path.resolve() / "artifacts").as_uri()
-
-
-def set_dotted(target: dict[str, Any], key: str, value: Any) -> None:
-    """target["a"]["b"] = value for key "a.b", creating mappings on the way."""
-    parts = key.split(".")
-    node = target
-    for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = {}
-            node[part] = child
-        node = child
-    node[parts[-1]] = value
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -94,14 +92,11 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """A deep copy of `raw` with dotted overrides; `grid.x` keys replace one grid axis whole."""
-    import copy
-
-    out = copy.deepcopy(raw)
-    for key, value in overrides.items():
-        if key.startswith("grid."):
-            out.setdefault("grid", {})[key[len("grid."):]] = value
-        else:
-            set_dotted(out, key, value)
+    grid_axes = {k[len("grid."):]: v for k, v in overrides.items() if k.startswith("grid.")}
+    out = with_overrides(raw, {k: v for k, v in overrides.items() if not k.startswith("grid.")})
+    if grid_axes:
+        grid = out.get("grid") if isinstance(out.get("grid"), dict) else {}
+        out["grid"] = {**grid, **grid_axes}
     return out
 
 
@@ -169,9 +164,36 @@ def validate_sweep(raw: Any, source: str = "sweep") -> SweepSpec:
                 if line not in seen:
                     seen.add(line)
                     errors.append(line)
+    errors += _search_errors(raw, base, grid, seen)
     if errors:
         raise SpecError(errors, source)
-    return sweep.model_copy(update={"lineages": _dedupe(lineages)})
+    return sweep.model_copy(update={"lineages": () if sweep.search else _dedupe(lineages)})
+
+
+def _search_errors(raw: dict[str, Any], base: dict[str, Any], grid: dict[str, Any], seen: set[str]) -> list[str]:
+    """Every example value of every searched field must make a valid lineage."""
+    search = raw.get("search")
+    if not isinstance(search, dict):
+        return []
+    errors = []
+    if grid:
+        errors.append(f"grid: a sweep with `search` cannot also have a grid (got axes {sorted(grid)}); "
+                      "search over the field instead, e.g. a `choice` of seeds")
+    try:
+        spec = SearchSpec.model_validate(search)
+    except ValidationError:
+        return errors  # already reported by the SweepSpec validation
+    for key, dist in spec.space.items():
+        for value in dist.examples():
+            try:
+                LineageSpec.model_validate(apply_overrides(base, {key: value}))
+            except ValidationError as err:
+                for e in err.errors():
+                    line = _format(e, LineageSpec, "search.space.")
+                    if ".".join(map(str, e["loc"])) == key and line not in seen:
+                        seen.add(line)
+                        errors.append(line)
+    return errors
 
 
 def _dedupe(lineages: list[LineageSpec]) -> tuple[LineageSpec, ...]:

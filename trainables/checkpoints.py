@@ -9,11 +9,13 @@ Everything loads with `torch.load(..., weights_only=True)`.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,18 @@ def lineage_dir(workdir: str | os.PathLike, lineage_id: str) -> Path:
 
 def level_dir(workdir: str | os.PathLike, lineage_id: str, level: int) -> Path:
     return lineage_dir(workdir, lineage_id) / f"L{level:02d}"
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """An advisory lock held for the `with` block (released by the OS if the process dies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

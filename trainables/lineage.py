@@ -113,14 +113,18 @@ def run_lineage(
     on_level: called once per level in order, for read-back levels too (`resumed=True`), so a
         tracker can fill in whatever it missed before an interruption.
     on_epoch: called with (level, epoch) after each progress checkpoint.
+    Two processes given the same lineage (two sweeps, or a search proposing a point twice) take
+    turns on a file lock: the second one reads back what the first computed.
     """
-    run = _Run(spec, Path(workdir), resolve_device(device), on_epoch)
-    results = []
-    for plan in level_plans(spec, run.steps_per_epoch):
-        result = run.level(plan)
-        results.append(result)
-        if on_level is not None:
-            on_level(result)
+    root = ckpt.lineage_dir(workdir, lineage_id(spec))
+    with ckpt.exclusive_lock(root / ".lock"):
+        run = _Run(spec, Path(workdir), resolve_device(device), on_epoch)
+        results = []
+        for plan in level_plans(spec, run.steps_per_epoch):
+            result = run.level(plan)
+            results.append(result)
+            if on_level is not None:
+                on_level(result)
     return LineageResult(run.lineage_id, config_id(spec), spec, tuple(results))
 
 

@@ -1,6 +1,7 @@
 """The lineage specification: what one IMP lineage computes (identity) and how (runtime)."""
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -16,6 +17,20 @@ RUNTIME_FIELDS = frozenset(
 
 # Keywords of `prune.exclude`; any other entry is a glob over parameter names.
 EXCLUDE_KINDS = ("bias", "bn", "output")
+
+
+def with_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of `base` with dotted keys set: {"train.lr": 0.1} sets base["train"]["lr"]."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[leaf] = value
+    return out
 
 
 class _Spec(BaseModel):

@@ -14,23 +14,48 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from trainables.ids import lineage_id
 from trainables.lineage import LevelResult, run_lineage
-from trainables.specs import LineageSpec
-from trainables.tracking import TAG, TrackingRef, lineage_tags, log_level, set_lineage_status
+from trainables.specs import LineageSpec, with_overrides
+from trainables.tracking import TAG, TrackingRef, ensure_parent_run, lineage_tags, log_level, set_lineage_status
+
+
+def trial_spec(config: dict[str, Any]) -> LineageSpec:
+    """The lineage of a trial: given whole (grid), or a base plus sampled fields (search)."""
+    lineage = config["lineage"]
+    if "spec" in lineage:
+        return LineageSpec.model_validate(lineage["spec"])
+    return LineageSpec.model_validate(with_overrides(lineage["base"], config.get("sample", {})))
+
+
+def trial_name(trial) -> str:
+    """Trial folders are named by lineage id (a search trial's id is known once it is sampled)."""
+    try:
+        return lineage_id(trial_spec(trial.config))
+    except Exception:  # an invalid sample: the trial will fail with the validation error
+        return trial.trial_id
 
 
 def lineage_trainable(config: dict[str, Any]) -> None:
-    """config["lineage"]: {"lineage_id", "spec": LineageSpec JSON, "workdir", "tracking": TrackingRef fields}."""
-    config = config["lineage"]
-    spec = LineageSpec.model_validate(config["spec"])
-    ref = TrackingRef(**config["tracking"])
-    client = MlflowClient(ref.tracking_uri)
+    """config["lineage"]: {"spec" | "base", "workdir", "tracking": TrackingRef fields (the
+    parent run id only when the driver created it)}; config["sample"]: sampled dotted fields."""
+    spec = trial_spec(config)
+    lineage = config["lineage"]
+    tracking = dict(lineage["tracking"])
+    client = MlflowClient(tracking["tracking_uri"])
+    if not tracking.get("parent_run_id"):
+        tracking["parent_run_id"] = ensure_parent_run(
+            client, tracking["experiment_id"], spec, sweep=tracking["sweep"], code_rev=tracking["code_rev"]
+        )
+    ref = TrackingRef(**tracking)
     tags = {k: v for k, v in lineage_tags(spec, ref.code_rev).items() if k != f"{TAG}kind"}
     set_lineage_status(client, ref.parent_run_id, "RUNNING")
+    n_levels = spec.prune.n_levels + 1
 
     def on_level(result: LevelResult) -> None:
         log_level(client, ref, result, tags=tags)
-        metrics = {"level": result.level, "resumed": result.resumed, **result.metrics}
+        metrics = {"level": result.level, "n_levels": n_levels, "resumed": result.resumed,
+                   "lineage_id": result.lineage_id, **result.metrics}
         with tempfile.TemporaryDirectory() as tmp:
             # The level's weights stay in the lineage folder (and MLflow); Tune's checkpoint is a
             # small pointer to it, so a 1,000-lineage sweep does not copy every level twice.
@@ -40,7 +65,7 @@ def lineage_trainable(config: dict[str, Any]) -> None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     try:
-        run_lineage(spec, workdir=config["workdir"], device=spec.device, on_level=on_level)
+        run_lineage(spec, workdir=lineage["workdir"], device=spec.device, on_level=on_level)
     except BaseException:
         set_lineage_status(client, ref.parent_run_id, "FAILED")
         raise
