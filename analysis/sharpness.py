@@ -27,7 +27,7 @@ class Sharpness:
     hessian_top_eig: float  # Rayleigh quotient v.Hv of the power iteration's final unit vector v
     perturbed_loss_increase: float  # mean over draws of loss(w + delta) - loss(w)
     epsilon: float  # relative size of the perturbations
-    n_iterations: int  # power iterations run
+    n_iterations: int  # power iterations run (fewer than asked only if the Hessian vanishes)
     loss: float  # loss(w): mean cross-entropy on the batch
 
 
@@ -52,12 +52,12 @@ def sharpness(model: nn.Module, masks: dict[str, Tensor], x: Tensor, y: Tensor, 
     was_training = model.training
     try:
         model.eval()
-        top = _top_eigenvalue(model, weights, keep, x, y, generator, n_iterations)
+        top, iterations = _top_eigenvalue(model, weights, keep, x, y, generator, n_iterations)
         loss, increase = _perturbed_increase(model, weights, keep, x, y, generator, epsilon, n_perturbations)
     finally:
         model.train(was_training)
     return Sharpness(hessian_top_eig=top, perturbed_loss_increase=increase, epsilon=float(epsilon),
-                     n_iterations=n_iterations, loss=loss)
+                     n_iterations=iterations, loss=loss)
 
 
 def _loss(model: nn.Module, weights: Weights, keep: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
@@ -67,8 +67,8 @@ def _loss(model: nn.Module, weights: Weights, keep: dict[str, Tensor], x: Tensor
 
 
 def _top_eigenvalue(model: nn.Module, weights: Weights, keep: dict[str, Tensor], x: Tensor, y: Tensor,
-                    generator: torch.Generator, n_iterations: int) -> float:
-    """The largest-magnitude Hessian eigenvalue in the unpruned subspace, by power iteration."""
+                    generator: torch.Generator, n_iterations: int) -> tuple[float, int]:
+    """(largest-magnitude Hessian eigenvalue in the unpruned subspace, iterations run)."""
     leaves = {name: w.detach().requires_grad_(True) for name, w in weights.items()}
     loss = _loss(model, leaves, keep, x, y)
     grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
@@ -77,8 +77,8 @@ def _top_eigenvalue(model: nn.Module, weights: Weights, keep: dict[str, Tensor],
     live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
     names = [list(leaves)[i] for i in live]
     vector = _normalised(_masked(_normal_like(leaves, names, generator), keep))
-    eigenvalue = 0.0
-    for _ in range(n_iterations):
+    eigenvalue, iteration = 0.0, 0
+    for iteration in range(1, n_iterations + 1):
         products = torch.autograd.grad([grads[i] for i in live], [leaves[n] for n in names],
                                        grad_outputs=[vector[n] for n in names], retain_graph=True)
         product = _masked(dict(zip(names, products)), keep)
@@ -86,7 +86,7 @@ def _top_eigenvalue(model: nn.Module, weights: Weights, keep: dict[str, Tensor],
         if _norm(product) == 0:  # the Hessian vanishes on this subspace: 0 is its only eigenvalue
             break
         vector = _normalised(product)
-    return eigenvalue
+    return eigenvalue, iteration
 
 
 @torch.no_grad()
