@@ -47,7 +47,7 @@ def receptive_fields(mask: Tensor, input_shape: tuple[int, ...], *, generator: t
     over units; bins are fixed by `input_shape` (see `ReceptiveFields.bins`), so histograms of
     checkpoints of one model and dataset add up and compare. The counts are exact: pairs are
     never enumerated or sampled but counted per displacement by FFT cross-correlation of each
-    unit's mask with itself, so a 1024 x 3072 mask takes about a second on a CPU.
+    unit's mask with itself, so a 1024 x 3072 mask takes about half a second on one CPU core.
     """
     mask = _check_mask(mask, input_shape, n_random)
     spatial, channels = _spatial_shape(input_shape)
