@@ -7,6 +7,9 @@ import pytest
 
 # Ray's usage reporting would try the network; tests never need it.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Tiny tensors on 2 cores: a second intra-op thread costs more than it gains, and Ray workers
+# started by the tests would oversubscribe the cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture

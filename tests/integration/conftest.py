@@ -1,0 +1,47 @@
+"""Fixtures of the integration tests: tiny sweeps, MLflow run counts, Ray shut down after each."""
+from __future__ import annotations
+
+import os
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+# Ray 2.60 turns token authentication on by default; every node and client of a test must agree.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def tiny_sweep(workdir, **extra) -> dict:
+    """Two LeNet-300-100 lineages on digits, 3 levels of 2 epochs: seconds of work each."""
+    return {
+        "name": extra.pop("name", "tiny"), "workdir": str(workdir), "resources": {"cpu": 1},
+        "max_concurrent": 2, "max_failures": 2, "grid": {"seed": [0, 1]},
+        "model": "lenet_300_100", "dataset": "digits",
+        "train": {"lr": 0.05, "batch_size": 128, "epochs": 2},
+        "prune": {"rate": 0.2, "levels": 2, "exclude": ["bias"]},
+        "analysis": {"measures": ["linear_cka"], "layers": "same", "scope": "dense"},
+        **extra,
+    }
+
+
+def mlflow_runs(tracking_uri: str) -> list:
+    client = MlflowClient(tracking_uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(ids, max_results=5000) if ids else []
+
+
+def final_metrics(tracking_uri: str) -> dict[str, dict[str, float]]:
+    """checkpoint_id -> metrics of every level run (wall time left out: it never repeats)."""
+    out = {}
+    for run in mlflow_runs(tracking_uri):
+        if run.data.tags.get("impsweep.kind") == "level":
+            out[run.data.tags["impsweep.checkpoint_id"]] = {
+                k: v for k, v in run.data.metrics.items() if k != "wall_s"}
+    return out
+
+
+@pytest.fixture
+def ray_shutdown():
+    import ray
+
+    yield
+    ray.shutdown()

@@ -1,0 +1,97 @@
+"""Sweeps on real Ray and MLflow: search, a shared lineage, a real mlflow server, a trial killed."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+
+from orchestrator import load_sweep, plan_sweep, run_sweep
+from orchestrator.mlflow_server import MlflowServer
+from tests.integration.conftest import final_metrics, mlflow_runs, tiny_sweep
+from trainables.checkpoints import complete_levels
+
+pytestmark = pytest.mark.integration
+
+
+def _kinds(runs):
+    return sorted(r.data.tags.get("impsweep.kind") for r in runs)
+
+
+def test_optuna_search_runs_num_samples_and_resumes_nothing(tmp_path, ray_shutdown):
+    raw = tiny_sweep(tmp_path, name="search")
+    raw.pop("grid")
+    raw["search"] = {"space": {"train.lr": {"type": "loguniform", "low": 0.01, "high": 0.2},
+                               "seed": {"type": "choice", "values": [0, 1, 2, 3]}},
+                     "num_samples": 3, "seed": 1}
+    sweep = load_sweep(raw)
+    outcome = run_sweep(sweep, echo=lambda _: None)
+    assert outcome.failed == ()
+    plans = plan_sweep(sweep)
+    assert 1 <= len(plans) <= 3 and all(p.state == "done" for p in plans)  # a repeated point runs once
+    parents = [r for r in mlflow_runs(sweep.resolved_tracking_uri) if r.data.tags["impsweep.kind"] == "lineage"]
+    assert len(parents) == len(plans)
+    for parent in parents:
+        assert 0.01 <= float(parent.data.params["train.lr"]) <= 0.2
+        assert parent.data.tags["impsweep.sweep.search"] == "1"
+    before = _kinds(mlflow_runs(sweep.resolved_tracking_uri))
+    run_sweep(sweep, echo=lambda _: None)
+    assert _kinds(mlflow_runs(sweep.resolved_tracking_uri)) == before
+
+
+def test_overlapping_sweeps_share_a_lineage(tmp_path, ray_shutdown):
+    first = load_sweep(tiny_sweep(tmp_path, name="first"))
+    second = load_sweep(tiny_sweep(tmp_path, name="second", grid={"seed": [1, 2]}))
+    run_sweep(first, echo=lambda _: None)
+    outcome = run_sweep(second, echo=lambda _: None)
+    assert (outcome.already_done, outcome.ran) == (1, 1)
+    parents = [r for r in mlflow_runs(first.resolved_tracking_uri) if r.data.tags["impsweep.kind"] == "lineage"]
+    assert len(parents) == 3
+    shared = [r for r in parents if r.data.tags.get("impsweep.sweep.first") and r.data.tags.get("impsweep.sweep.second")]
+    assert [r.data.tags["impsweep.seed"] for r in shared] == ["1"]
+
+
+def test_sweep_against_a_real_mlflow_server(tmp_path, ray_shutdown):
+    backend = f"sqlite:///{tmp_path / 'server.db'}"
+    with MlflowServer(backend, tmp_path / "server-artifacts", log_path=tmp_path / "server.log") as server:
+        assert server.host == "127.0.0.1"
+        sweep = load_sweep(tiny_sweep(tmp_path / "w", name="served", tracking_uri=server.uri))
+        run_sweep(sweep, echo=lambda _: None)
+        runs = mlflow_runs(server.uri)
+        assert _kinds(runs) == ["level"] * 6 + ["lineage"] * 2
+        assert all(r.info.status == "FINISHED" for r in runs)
+        assert len(final_metrics(server.uri)) == 6
+    assert server.process.poll() is not None
+
+
+def _kill_a_trial_once(workdir, killed: list) -> None:
+    """Kill the Ray worker running a lineage (as an OOM kill would) once its level 0 is done."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not killed:
+        lineages = list((workdir / "lineages").glob("c*")) if (workdir / "lineages").exists() else []
+        if any(complete_levels(workdir, p.name) == [0] for p in lineages):
+            for proc in psutil.process_iter(["cmdline", "name"]):
+                title = " ".join(proc.info["cmdline"] or [])
+                if "ImplicitFunc" in title or "lineage_trainable" in title:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    killed.append(proc.pid)
+                    return
+        time.sleep(0.05)
+
+
+def test_killed_trial_is_retried_and_ends_as_if_undisturbed(tmp_path, ray_shutdown):
+    reference = load_sweep(tiny_sweep(tmp_path / "ref", train={"lr": 0.05, "batch_size": 128, "epochs": 6}))
+    run_sweep(reference, echo=lambda _: None)
+    sweep = load_sweep(tiny_sweep(tmp_path / "cut", train={"lr": 0.05, "batch_size": 128, "epochs": 6}))
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_a_trial_once, args=(sweep.workdir_path, killed), daemon=True)
+    killer.start()
+    outcome = run_sweep(sweep, echo=lambda _: None)
+    killer.join(timeout=1)
+    assert killed, "no trial worker was found to kill"
+    assert outcome.failed == ()
+    assert final_metrics(sweep.resolved_tracking_uri) == final_metrics(reference.resolved_tracking_uri)
+    assert _kinds(mlflow_runs(sweep.resolved_tracking_uri)) == ["level"] * 6 + ["lineage"] * 2
