@@ -16,13 +16,13 @@ import numpy as np
 import polars as pl
 import torch
 
-from analysis.activations import ActivationExtractor, acts_root
+from analysis.extract import CheckpointExtractor, products
 from analysis.catalog import build_catalog
 from analysis.pairs import Rep, Tile, pair_key, pair_set, tiles
 from analysis.specs import AnalysisSpec, analysis_id
-from analysis.tables import similarity_dir, to_arrow, write_parquet_atomic
-from trainables.checkpoints import atomic_write_json
-from trainables.ids import digest
+from analysis.tables import similarity_dir, to_arrow, update_columns, write_parquet_atomic
+
+SHARPNESS_COLUMNS = ("hessian_top_eig", "perturbed_loss_increase", "sharpness_epsilon")
 
 Echo = Callable[[str], None]
 
@@ -57,7 +57,7 @@ def run_analysis(
     aid = analysis_id(spec)
     catalog = build_catalog(sweep, tracking_uri=tracking_uri, workdir=workdir)
     echo(f"analysis {aid}: {len(catalog)} checkpoints in sweep {sweep}")
-    manifests, failed = _activations(catalog, spec, Path(workdir), echo, ray)
+    manifests, failed = _extract(catalog, spec, Path(workdir), echo, ray)
     reps = _reps(catalog, manifests)
     total, computed = {}, {}
     for measure in spec.measures:
@@ -99,45 +99,39 @@ def _quiet_ray_data(ray) -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
-def _manifest_path(workdir: Path, spec: AnalysisSpec, cid: str) -> Path:
-    rule = digest({"probe_size": spec.probe_size, "probe_seed": spec.probe_seed})
-    return acts_root(workdir) / "index" / rule / f"{cid}.json"
-
-
-def _activations(catalog: pl.DataFrame, spec: AnalysisSpec, workdir: Path, echo: Echo, ray):
-    """Activation rows per checkpoint, extracting (in a Ray Data actor pool) only the missing."""
-    manifests: dict[str, list[dict]] = {}
-    missing = []
-    for row in catalog.iter_rows(named=True):
-        path = _manifest_path(workdir, spec, row["checkpoint_id"])
-        if path.exists():
-            manifests[row["checkpoint_id"]] = json.loads(path.read_text())
-        else:
-            missing.append({k: row[k] for k in ("checkpoint_id", "checkpoint_path", "spec_json")})
+def _extract(catalog: pl.DataFrame, spec: AnalysisSpec, workdir: Path, echo: Echo, ray):
+    """Per-checkpoint products (activations, neurons, receptive fields, sharpness), computing in
+    a Ray Data actor pool only the checkpoints that miss one."""
+    missing = [
+        {k: row[k] for k in ("checkpoint_id", "checkpoint_path", "spec_json")}
+        for row in catalog.iter_rows(named=True)
+        if products(workdir, spec, row["checkpoint_id"]).missing(spec)
+    ]
     failed: list[tuple[str, str]] = []
     if missing:
-        echo(f"activations: {len(catalog) - len(missing)} checkpoints cached, extracting {len(missing)}")
+        echo(f"checkpoints: {len(catalog) - len(missing)} cached, extracting {len(missing)}")
         ds = ray.data.from_items(missing).map_batches(
-            ActivationExtractor,
-            fn_constructor_kwargs={"acts_root": str(acts_root(workdir)), "probe_size": spec.probe_size,
-                                   "probe_seed": spec.probe_seed},
+            CheckpointExtractor,
+            fn_constructor_kwargs={"workdir": str(workdir), "spec_json": spec.model_dump_json()},
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(spec.num_actors, len(missing))),
             batch_size=1,
             num_cpus=1,
         )
-        rows: dict[str, list[dict]] = {}
-        for row in ds.iter_rows():
-            rows.setdefault(row["checkpoint_id"], []).append(dict(row))
-        for cid, layer_rows in sorted(rows.items()):
-            errors = [r["status"] for r in layer_rows if r["status"] != "ok"]
-            if errors:
-                failed.append((cid, errors[0]))
-                echo(f"activations: checkpoint {cid} skipped: {errors[0]}")
-                continue
-            atomic_write_json(_manifest_path(workdir, spec, cid), layer_rows)
-            manifests[cid] = layer_rows
+        for row in sorted(ds.iter_rows(), key=lambda r: r["checkpoint_id"]):
+            if row["status"] != "ok":
+                failed.append((row["checkpoint_id"], row["status"]))
+                echo(f"checkpoint {row['checkpoint_id']} skipped: {row['status']}")
     else:
-        echo(f"activations: all {len(catalog)} checkpoints cached")
+        echo(f"checkpoints: all {len(catalog)} cached")
+    manifests, sharp = {}, []
+    for cid in catalog["checkpoint_id"]:
+        found = products(workdir, spec, cid)
+        if found.manifest.exists():
+            manifests[cid] = json.loads(found.manifest.read_text())
+        if found.sharpness.exists():
+            values = json.loads(found.sharpness.read_text())
+            sharp.append({"checkpoint_id": cid, **{k: values[k] for k in SHARPNESS_COLUMNS}})
+    update_columns(workdir, "levels", "checkpoint_id", sharp)
     return manifests, failed
 
 

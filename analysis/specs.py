@@ -7,8 +7,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trainables.ids import digest
 
-# Fields that decide which pairs are computed, or how fast, but not any value: not in analysis_id.
-SELECTION_FIELDS = frozenset({"measures", "layers", "scope", "tile_size", "num_actors"})
+# Fields that decide which pairs are computed, or how fast, or only the per-checkpoint products
+# (neurons, receptive fields, sharpness: their settings are stored with them), but no similarity
+# value: not in analysis_id.
+SELECTION_FIELDS = frozenset({
+    "measures", "layers", "scope", "tile_size", "num_actors", "neurons", "receptive_fields",
+    "sharpness", "sharpness_batch", "sharpness_epsilon", "sharpness_iterations",
+})
 
 
 class AnalysisSpec(BaseModel):
@@ -30,6 +35,14 @@ class AnalysisSpec(BaseModel):
         "auto", description="Reduction of conv activations [n, c, h, w] to a matrix."
     )
     options: dict[str, dict[str, Any]] = Field({}, description="Per-measure options, e.g. rbf_cka: {threshold: 0.5}.")
+    neurons: bool = Field(True, description="PSP-entropy of every probed unit (table neurons).")
+    receptive_fields: bool = Field(
+        True, description="Locality of first-layer connections of fully connected models."
+    )
+    sharpness: bool = Field(True, description="Hessian top eigenvalue and perturbed loss (levels columns).")
+    sharpness_batch: int = Field(512, ge=1, description="Fixed seeded training batch for sharpness.")
+    sharpness_epsilon: float = Field(1e-2, gt=0, description="Relative perturbation size.")
+    sharpness_iterations: int = Field(20, ge=1, description="Power iterations for the top eigenvalue.")
     tile_size: int = Field(64, ge=1, description="Representations per side of a pair tile.")
     num_actors: int = Field(1, ge=1, description="Activation-extraction actors at most.")
 

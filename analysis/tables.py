@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from analysis.schema import SCHEMAS, TABLES_SCHEMA_VERSION
 
 CATALOG_FILE = "part-0.parquet"
+CATALOG_TABLES = ("lineages", "sweep_lineages", "levels", "layers")
 
 
 def tables_root(workdir: str | os.PathLike) -> Path:
@@ -45,20 +46,40 @@ def to_arrow(rows: Sequence[dict], name: str) -> pa.Table:
 
 
 def upsert(workdir: str | os.PathLike, name: str, rows: Sequence[dict], key: Sequence[str]) -> int:
-    """Merge `rows` into catalog table `name` by `key` (new rows win). Returns rows written."""
+    """Merge `rows` into catalog table `name` by `key`: new rows win for the columns they give;
+    columns they leave out (e.g. sharpness, added by a later stage) keep their stored values.
+    Rewrites the file only when something changed. Returns the number of rows given."""
     path = tables_root(workdir) / name / CATALOG_FILE
+    key = list(key)
     new = pl.from_arrow(to_arrow(rows, name))
     if path.exists():
         old = pl.read_parquet(path)
-        merged = pl.concat([old, new], how="vertical_relaxed").unique(subset=list(key), keep="last",
-                                                                      maintain_order=True)
+        given = set(rows[0]) | {"schema_version"} if rows else set(old.columns)
+        kept = [c for c in old.columns if c not in given]
+        if kept:
+            new = new.drop(kept).join(old.select(key + kept), on=key, how="left").select(old.columns)
+        merged = pl.concat([old.join(new.select(key), on=key, how="anti"), new], how="vertical_relaxed")
+        merged = merged.sort(key)
+        if merged.equals(old):
+            return 0
     else:
-        merged = new
-    merged = merged.sort(list(key))
-    if path.exists() and merged.equals(pl.read_parquet(path)):
-        return 0
+        merged = new.sort(key)
     write_parquet_atomic(merged.to_arrow().cast(SCHEMAS[name]), path)
-    return len(new)
+    return len(rows)
+
+
+def update_columns(workdir: str | os.PathLike, name: str, key: str, rows: Sequence[dict]) -> int:
+    """Set some columns of existing rows of catalog table `name` (matched on `key`). Returns the
+    number of rows given; rows whose key is absent are ignored."""
+    path = tables_root(workdir) / name / CATALOG_FILE
+    if not rows or not path.exists():
+        return 0
+    old = pl.read_parquet(path)
+    new = pl.DataFrame(rows).cast({c: old.schema[c] for c in rows[0]})
+    merged = old.update(new, on=key, how="left")
+    if not merged.equals(old):
+        write_parquet_atomic(merged.to_arrow().cast(SCHEMAS[name]), path)
+    return len(rows)
 
 
 def similarity_dir(workdir: str | os.PathLike, measure: str) -> Path:
@@ -79,8 +100,10 @@ def scan_tables(workdir: str | os.PathLike) -> dict[str, pl.LazyFrame]:
             else:
                 empty = pl.from_arrow(schema.empty_table()).with_columns(pl.lit(None, pl.String).alias("measure"))
                 frames[name] = empty.lazy()
-        elif files:
+        elif files and name in CATALOG_TABLES:
             frames[name] = pl.scan_parquet(folder / CATALOG_FILE)
+        elif files:  # per-checkpoint files (neurons, receptive_fields, displacements)
+            frames[name] = pl.scan_parquet(folder / "*.parquet")
         else:
             frames[name] = pl.from_arrow(schema.empty_table()).lazy()
     return frames

@@ -93,6 +93,23 @@ def test_tables_hold_exactly_the_pair_set(demo_run):
     assert (sim["n_examples"] == 1797).all()  # the probe set is the whole of digits
 
 
+def test_per_checkpoint_products(demo_run):
+    workdir, _ = demo_run
+    tables = {name: frame.collect() for name, frame in scan_tables(workdir).items()}
+    neurons = tables["neurons"]
+    assert neurons.height == 6 * (300 + 100)  # every unit of the two hidden layers
+    assert neurons["entropy"].min() >= 0 and neurons["entropy"].max() <= 10  # 10 classes, bits
+    assert neurons["rates"].list.len().unique().to_list() == [10]
+    rf = tables["receptive_fields"]
+    assert rf.height == 6 * 300 and set(rf["layer"].unique()) == {"fc1"}
+    dense = rf.filter(pl.col("checkpoint_id").str.ends_with("/L00"))
+    assert (dense["n_inputs"] == 64).all()  # nothing pruned at level 0
+    levels = tables["levels"]
+    assert levels["hessian_top_eig"].null_count() == 0 and (levels["hessian_top_eig"] > 0).all()
+    assert (levels["sharpness_epsilon"] == 0.01).all()
+    assert tables["displacements"].group_by("checkpoint_id").len().height == 6
+
+
 def test_second_demo_creates_nothing(demo_run, capsys):
     workdir, _ = demo_run
     _, before = _runs(workdir)
@@ -102,7 +119,7 @@ def test_second_demo_creates_nothing(demo_run, capsys):
     assert main(["demo", "--workdir", str(workdir), *ARGS]) == 0
     out = capsys.readouterr().out
     assert "2 lineages, 2 already done, 0 to run" in out
-    assert "activations: all 6 checkpoints cached" in out
+    assert "checkpoints: all 6 cached" in out
     assert "63 already computed, 0 new" in out
     assert "fc2_relu" in out and "mean_similarity" in out
     _, after = _runs(workdir)

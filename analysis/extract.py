@@ -1,0 +1,164 @@
+"""Everything measured on one checkpoint at a time: activations of its probe layers, the
+PSP-entropy of their units, the receptive fields of a fully connected first layer, and the
+sharpness of its minimum. Run as a Ray Data actor; each product is a file written atomically,
+and a product that exists is not computed again.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from analysis.activations import capture, probe_key, probe_size_for
+from analysis.specs import AnalysisSpec
+from analysis.tables import tables_root, to_arrow, write_parquet_atomic
+from trainables.checkpoints import atomic_write_bytes, atomic_write_json, load_checkpoint
+from trainables.data import load_dataset, probe_set
+from trainables.ids import digest
+from trainables.models import build_model
+
+
+@dataclass(frozen=True)
+class Products:
+    """Where the products of one checkpoint live (their existence says they are done)."""
+
+    manifest: Path  # activation files of every probe layer (JSON rows)
+    neurons: Path
+    receptive_fields: Path
+    displacements: Path
+    sharpness: Path  # JSON, merged into the levels table
+
+    def missing(self, spec: AnalysisSpec, fully_connected: bool | None = None) -> list[str]:
+        want = {"manifest": True, "neurons": spec.neurons, "sharpness": spec.sharpness,
+                "receptive_fields": spec.receptive_fields and fully_connected is not False}
+        return [name for name, on in want.items() if on and not getattr(self, name).exists()]
+
+
+def products(workdir: str | os.PathLike, spec: AnalysisSpec, checkpoint_id: str) -> Products:
+    rule = digest({"probe_size": spec.probe_size, "probe_seed": spec.probe_seed})
+    part = f"part-{digest(checkpoint_id)}.parquet"
+    tables = tables_root(workdir)
+    sharp = digest({"batch": spec.sharpness_batch, "epsilon": spec.sharpness_epsilon,
+                    "iterations": spec.sharpness_iterations, "seed": spec.probe_seed})
+    root = Path(workdir) / "analysis"
+    return Products(
+        manifest=root / "activations" / "index" / rule / f"{checkpoint_id}.json",
+        neurons=tables / "neurons" / part,
+        receptive_fields=tables / "receptive_fields" / part,
+        displacements=tables / "displacements" / part,
+        sharpness=root / "sharpness" / sharp / f"{checkpoint_id}.json",
+    )
+
+
+class CheckpointExtractor:
+    """Ray Data actor: one checkpoint per row in, one status row out per checkpoint.
+
+    Datasets and probe sets are loaded once per actor and kept for the rows that follow.
+    """
+
+    def __init__(self, workdir: str, spec_json: str, device: str = "cpu"):
+        self.workdir, self.spec = Path(workdir), AnalysisSpec.model_validate_json(spec_json)
+        self.device = torch.device(device)
+        self._probes: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        out: dict[str, list] = {"checkpoint_id": [], "status": []}
+        for cid, path, spec_json in zip(batch["checkpoint_id"], batch["checkpoint_path"], batch["spec_json"]):
+            out["checkpoint_id"].append(str(cid))
+            out["status"].append(self._one(str(cid), str(path), json.loads(spec_json)))
+        return out
+
+    def _one(self, cid: str, path: str, lineage_spec: dict) -> str:
+        try:
+            splits = load_dataset(lineage_spec["dataset"], options=lineage_spec.get("dataset_options"),
+                                  data_root=lineage_spec.get("data_root"), download=False)
+            model = build_model(lineage_spec["model"], input_shape=splits.info.input_shape,
+                                num_classes=splits.info.num_classes,
+                                options=lineage_spec.get("model_options")).to(self.device)
+            target = products(self.workdir, self.spec, cid)
+            fully_connected = isinstance(_first_weight_module(model), nn.Linear)
+            todo = target.missing(self.spec, fully_connected)
+            if not todo:
+                return "ok"
+            stored = load_checkpoint(path, self.device)
+            model.load_state_dict(stored.model)
+            x, y, size = self._probe(lineage_spec, model, splits)
+            if "manifest" in todo:
+                self._activations(cid, lineage_spec, model, x, size, target.manifest)
+            if "neurons" in todo:
+                self._neurons(cid, model, x, y, splits.info.num_classes, target.neurons)
+            if "receptive_fields" in todo:
+                self._receptive_fields(cid, model, stored.masks, splits.info.input_shape, target)
+            if "sharpness" in todo:
+                self._sharpness(model, stored.masks, splits, target.sharpness)
+            return "ok"
+        except Exception as err:  # one bad checkpoint must not stop the others: report it by id
+            return f"error: {type(err).__name__}: {err}"
+
+    def _probe(self, lineage_spec: dict, model: nn.Module, splits) -> tuple[torch.Tensor, torch.Tensor, int]:
+        key = json.dumps([lineage_spec["model"], lineage_spec.get("model_options"), lineage_spec["dataset"],
+                          lineage_spec.get("dataset_options")], sort_keys=True)
+        if key not in self._probes:
+            size = probe_size_for(model, tuple(model.probe_layers), self.spec.probe_size,
+                                  splits.x_test[:2].to(self.device))
+            x, y = probe_set(splits, size=size, seed=self.spec.probe_seed)
+            self._probes[key] = (x.to(self.device), y.to(self.device), size)
+        return self._probes[key]
+
+    def _activations(self, cid: str, lineage_spec: dict, model: nn.Module, x: torch.Tensor, size: int,
+                     manifest: Path) -> None:
+        root = self.workdir / "analysis" / "activations" / probe_key(lineage_spec, size, self.spec.probe_seed)
+        rows = []
+        for layer, act in capture(model, x, tuple(model.probe_layers)).items():
+            file = root / cid / f"{layer}.npy"
+            buffer = io.BytesIO()
+            np.save(buffer, act)
+            atomic_write_bytes(file, buffer.getvalue())
+            rows.append({"checkpoint_id": cid, "layer": layer, "path": str(file), "n_examples": len(x)})
+        atomic_write_json(manifest, rows)  # last: its existence means every layer file is there
+
+    def _neurons(self, cid: str, model: nn.Module, x, y, num_classes: int, out: Path) -> None:
+        from analysis.neurons import neuron_rows, psp_entropy
+
+        rows = neuron_rows(cid, psp_entropy(model, x, y, num_classes=num_classes))
+        write_parquet_atomic(to_arrow(rows, "neurons"), out)
+
+    def _receptive_fields(self, cid: str, model: nn.Module, masks, input_shape, target: Products) -> None:
+        from analysis.receptive_fields import first_layer_mask, receptive_field_rows, receptive_fields
+
+        layer, mask = first_layer_mask(model, masks)
+        generator = torch.Generator().manual_seed(self.spec.probe_seed)
+        rf = receptive_fields(mask, tuple(input_shape), generator=generator, layer=layer)
+        centres = (rf.bins[:-1] + rf.bins[1:]) / 2
+        hist = [{"checkpoint_id": cid, "layer": layer, "distance": float(d), "same_channel": int(s),
+                 "cross_channel": int(c)}
+                for d, s, c in zip(centres, rf.displacement_same_channel, rf.displacement_cross_channel)]
+        write_parquet_atomic(to_arrow(hist, "displacements"), target.displacements)
+        write_parquet_atomic(to_arrow(receptive_field_rows(cid, rf), "receptive_fields"), target.receptive_fields)
+
+    def _sharpness(self, model: nn.Module, masks, splits, out: Path) -> None:
+        from analysis.sharpness import sharpness
+
+        n = min(self.spec.sharpness_batch, len(splits.x_train))
+        chosen = torch.randperm(len(splits.x_train), generator=torch.Generator().manual_seed(self.spec.probe_seed))[:n]
+        x = splits.x_train[chosen].to(self.device)
+        y = splits.y_train[chosen].to(self.device)
+        result = sharpness(model, masks, x, y, epsilon=self.spec.sharpness_epsilon,
+                           n_iterations=self.spec.sharpness_iterations, seed=self.spec.probe_seed)
+        atomic_write_json(out, {"hessian_top_eig": result.hessian_top_eig,
+                                "perturbed_loss_increase": result.perturbed_loss_increase,
+                                "sharpness_epsilon": result.epsilon, "batch": n,
+                                "n_iterations": result.n_iterations, "loss": result.loss})
+
+
+def _first_weight_module(model: nn.Module) -> nn.Module | None:
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            return module
+    return None
