@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from analysis.similarity.sketch import Sketch, fewest_reaching
+from analysis.similarity.spectra import singular_values
 
 
 def pair_status(a: Sketch, b: Sketch, name: str) -> str:
@@ -25,7 +26,7 @@ def pair_status(a: Sketch, b: Sketch, name: str) -> str:
 def mean_cca(blocks: torch.Tensor, options: Mapping[str, Any]) -> torch.Tensor:
     """Mean of all min(ra, rb) canonical correlations, or of the leading ones reaching
     `truncate` of their sum (google/svcca's result['mean']). blocks: [B, ra, rb] -> [B]."""
-    rho = torch.linalg.svdvals(blocks)
+    rho = singular_values(blocks)
     truncate = options.get("truncate")
     if truncate is None:
         return rho.mean(dim=-1)

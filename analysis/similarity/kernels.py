@@ -17,6 +17,9 @@ from analysis.similarity.sketch import Sketch
 
 # float64 elements per stacked operand of one tile (256 MiB); bounds memory, not results.
 TILE_ELEMENTS = 1 << 25
+# Columns per stacked factor: small enough that skipping the lower tiles of a symmetric
+# product saves most of its half, large enough for efficient matrix products.
+TILE_COLUMNS = 2048
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ def evaluate(info: MeasureInfo, options: Mapping[str, Any], rows: Sequence[Sketc
     packed = rows[live_rows[0]].factor.ndim == 1
     row_sizes = [_size(s, packed) for s in rows]
     col_sizes = [_size(s, packed) for s in cols]
-    cap = TILE_ELEMENTS if packed else max(1, min(TILE_ELEMENTS // n, int(TILE_ELEMENTS ** .5)))
+    cap = TILE_ELEMENTS if packed else max(1, min(TILE_ELEMENTS // n, TILE_COLUMNS))
     col_chunks = list(_chunks(live_cols, col_sizes, cap))
     for rows_chunk in _chunks(live_rows, row_sizes, cap):
         left = _stack(rows, rows_chunk)

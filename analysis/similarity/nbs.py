@@ -7,6 +7,8 @@ import math
 
 import torch
 
+from analysis.similarity.spectra import singular_values
+
 EPS = torch.finfo(torch.float64).eps
 
 
@@ -14,7 +16,7 @@ def nbs(blocks: torch.Tensor, norms_a: torch.Tensor, norms_b: torch.Tensor) -> t
     """||Xc_a^T Xc_b||_* / (||Xc_a||_F ||Xc_b||_F), clipped to [0, 1].
 
     blocks: [B, fa, fb]; norms_a, norms_b: [B] Frobenius norms of the centred inputs."""
-    nuclear = torch.linalg.svdvals(blocks).sum(dim=-1)
+    nuclear = singular_values(blocks).sum(dim=-1)
     return (nuclear / (norms_a * norms_b)).clamp(0.0, 1.0)
 
 
