@@ -1,0 +1,139 @@
+"""The sweep report: index.html and valid PNGs, restricted to the sweep, notes for absent tables,
+escaped HTML, atomic replacement on re-runs, MLflow artifacts under `report/`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from analysis.report import write_report
+from analysis.tables import similarity_dir, tables_root, to_arrow, write_parquet_atomic
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SPARSITY = [0.0, 0.2, 0.36]
+LAYERS = ["fc1", "fc2"]
+
+
+def _write(workdir: Path, name: str, rows: list[dict]) -> None:
+    write_parquet_atomic(to_arrow(rows, name), tables_root(workdir) / name / "part-0.parquet")
+
+
+def _sim_row(a: str, b: str, a_layer: str, b_layer: str, value: float) -> dict:
+    return {"analysis_id": "a1", "a_checkpoint_id": a, "a_lineage_id": a.split("/")[0], "a_level": int(a[-2:]),
+            "a_layer": a_layer, "b_checkpoint_id": b, "b_lineage_id": b.split("/")[0], "b_level": int(b[-2:]),
+            "b_layer": b_layer, "value": value, "status": "ok"}
+
+
+def _workdir(tmp_path: Path, *, model: str = "lenet_300_100", similarity: bool = True,
+             checkpoint_root: Path | None = None) -> Path:
+    """Sweep `s1` holds lineages cA-s0, cA-s1; sweep `s2` holds cZ-s0 only."""
+    workdir = tmp_path / "work"
+    lineages = [("cA-s0", "cA", 0), ("cA-s1", "cA", 1), ("cZ-s0", "cZ", 0)]
+    _write(workdir, "lineages", [{"lineage_id": lid, "config_id": cid, "model": model, "dataset": "digits",
+                                  "seed": seed, "schedule": "imp", "rewind": "init", "rate": 0.2,
+                                  "spec_json": json.dumps({"model": "lenet_300_100", "dataset": "digits"})}
+                                 for lid, cid, seed in lineages])
+    _write(workdir, "sweep_lineages", [{"sweep": "s1", "lineage_id": "cA-s0"}, {"sweep": "s1", "lineage_id": "cA-s1"},
+                                       {"sweep": "s2", "lineage_id": "cZ-s0"}])
+    root = checkpoint_root or tmp_path / "nowhere"
+    _write(workdir, "levels", [{"checkpoint_id": f"{lid}/L{lv:02d}", "lineage_id": lid, "level": lv, "sparsity": sp,
+                                "test_acc": 0.9 - lv / 10, "checkpoint_uri": (root / lid / f"L{lv:02d}").as_uri()}
+                               for lid, _, _ in lineages for lv, sp in enumerate(SPARSITY)])
+    if similarity:
+        rows = [_sim_row(f"{lid}/L00", f"{lid}/L{lv:02d}", layer, layer, 1 - lv / 10)
+                for lid, _, _ in lineages for lv in range(3) for layer in LAYERS]
+        rows += [_sim_row("cA-s0/L00", "cA-s0/L02", a, b, 0.4) for a in LAYERS for b in LAYERS if a != b]
+        write_parquet_atomic(to_arrow(rows, "similarity"), similarity_dir(workdir, "linear_cka") / "part-0.parquet")
+    return workdir
+
+
+def _pngs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("*.png"))
+
+
+def test_report_writes_index_and_valid_pngs_restricted_to_the_sweep(tmp_path):
+    workdir = _workdir(tmp_path)
+    index = write_report(workdir, "s1")
+    assert index == workdir / "reports" / "s1" / "index.html"
+    assert _pngs(index.parent) == ["accuracy_vs_sparsity.png", "heatmap_linear_cka_1.png",
+                                   "similarity_vs_sparsity_linear_cka.png"]
+    for png in index.parent.glob("*.png"):
+        assert png.read_bytes()[:8] == PNG_MAGIC
+    page = index.read_text()
+    assert "cA-s0" in page and "cZ" not in page  # the other sweep's lineage is left out
+    assert page.count("<img ") == 3 and "<script" not in page and "http" not in page
+    for png in _pngs(index.parent):
+        assert f'src="{png}"' in page
+
+
+def test_absent_tables_leave_their_sections_out_with_a_note(tmp_path):
+    workdir = _workdir(tmp_path, similarity=False)
+    page = write_report(workdir, "s1").read_text()
+    assert "No similarity table for this sweep" in page
+    assert "No neurons table (PSP-entropy)" in page
+    assert "No receptive_fields table (locality)" in page
+    assert "no receptive-field images" in page  # checkpoints are not on disk: a note, not a crash
+    assert _pngs(workdir / "reports" / "s1") == ["accuracy_vs_sparsity.png"]
+
+
+def test_strings_from_the_tables_are_escaped(tmp_path):
+    workdir = _workdir(tmp_path, model="<b>net</b>&co", similarity=False)
+    page = write_report(workdir, "s1").read_text()
+    assert "<b>net" not in page and "&lt;b&gt;net&lt;/b&gt;&amp;co" in page
+
+
+def test_a_second_report_replaces_the_first_without_leftovers(tmp_path):
+    workdir = _workdir(tmp_path, similarity=False)
+    out = tmp_path / "out" / "rep"
+    write_report(workdir, "s1", out_dir=out)
+    (out / "stale.png").write_bytes(PNG_MAGIC)
+    index = write_report(workdir, "s1", out_dir=out)
+    assert index == out / "index.html"
+    assert _pngs(out) == ["accuracy_vs_sparsity.png"]  # a file of the old report is gone
+    assert sorted(p.name for p in out.parent.iterdir()) == ["rep"]  # no hidden temporaries left
+
+
+def test_unknown_sweep_is_a_value_error_naming_the_known_ones(tmp_path):
+    with pytest.raises(ValueError, match=r"'nope'.*\['s1', 's2'\]"):
+        write_report(_workdir(tmp_path), "nope")
+
+
+def test_receptive_field_images_come_from_the_checkpoints(tmp_path):
+    import torch
+
+    from trainables.models import build_model
+
+    root = tmp_path / "lineages"
+    model = build_model("lenet_300_100", input_shape=(1, 8, 8), num_classes=10)
+    for lv in range(3):
+        masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters() if n.endswith("weight")}
+        masks["fc1.weight"][:, : 16 * lv] = False
+        level = root / "cA-s0" / f"L{lv:02d}"
+        level.mkdir(parents=True)
+        torch.save({"model": model.state_dict(), "masks": masks, "progress": {"level": lv}}, level / "state.pt")
+        (level / "metrics.json").write_text("{}")
+    workdir = _workdir(tmp_path, checkpoint_root=root, similarity=False)
+    page = write_report(workdir, "s1").read_text()
+    assert "receptive_fields_1.png" in page and "no receptive-field images" not in page
+    assert (workdir / "reports" / "s1" / "receptive_fields_1.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.integration  # a real SQLite store: creating its schema takes most of the test's seconds
+def test_pngs_are_logged_once_to_each_lineage_parent_run(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("s1", artifact_location=(tmp_path / "artifacts").as_uri())
+    member = client.create_run(experiment, tags={"impsweep.kind": "lineage", "impsweep.lineage_id": "cA-s0",
+                                                 "impsweep.sweep.s1": "1"}).info.run_id
+    outsider = client.create_run(experiment, tags={"impsweep.kind": "lineage", "impsweep.lineage_id": "cZ-s0",
+                                                   "impsweep.sweep.s2": "1"}).info.run_id
+    workdir = _workdir(tmp_path, similarity=False)
+    for _ in range(2):
+        write_report(workdir, "s1", tracking_uri=uri)
+    logged = [a.path for a in client.list_artifacts(member, "report")]
+    assert logged == ["report/accuracy_vs_sparsity.png"]
+    assert client.list_artifacts(outsider) == []
