@@ -55,13 +55,13 @@ def similarity_vs_sparsity(similarity: pl.DataFrame, levels: pl.DataFrame, measu
         & (pl.col("a_layer") == pl.col("b_layer")))
     rows = rows.join(levels.select(pl.col("checkpoint_id").alias("b_checkpoint_id"), "sparsity"),
                      on="b_checkpoint_id", how="inner")
-    rows = _with_config(rows.rename({"b_lineage_id": "lineage_id"}), lineages, "lineage_id")
+    rows = _with_config(rows.rename({"b_lineage_id": "lineage_id"}), lineages, "lineage_id").drop_nulls("value")
     if rows.is_empty():
-        raise ValueError(f"similarity_vs_sparsity: no similarity-to-dense rows for measure {measure!r}")
+        raise ValueError(f"similarity_vs_sparsity: no defined similarity-to-dense values for measure {measure!r}")
     stats = (rows.group_by("config_id", "a_layer", "b_level")
              .agg(pl.col("sparsity").mean(), pl.col("value").mean().alias("mean"),
                   pl.col("value").std().fill_null(0.0).alias("std"))
-             .drop_nulls("mean").sort("config_id", "b_level"))
+             .sort("config_id", "b_level"))
     configs = stats["config_id"].unique(maintain_order=True).to_list()
     labels = config_labels(lineages) if lineages is not None else {}
     fig, axes = _panels(len(configs), sharey=True)

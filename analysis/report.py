@@ -135,8 +135,8 @@ def _similarity_items(rows: pl.DataFrame, levels: pl.DataFrame, lineages: pl.Dat
     try:
         fig = plots.similarity_vs_sparsity(rows, levels, measure, lineages=lineages)
     except ValueError:
-        items.append(_Item(note="No same-layer comparisons with the dense network (analysis scope "
-                                "`dense`, `lineage` or `all`) for this measure."))
+        items.append(_Item(note="No defined same-layer comparison with the dense network for this measure "
+                                "(it needs analysis scope `dense`, `lineage` or `all`)."))
     else:
         items.append(_Item(png=_save(fig, folder, f"similarity_vs_sparsity_{safe}"),
                            caption=f"{measure} between each layer and the same layer of its own lineage's dense "

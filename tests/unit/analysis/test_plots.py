@@ -90,11 +90,14 @@ def test_similarity_vs_sparsity_is_one_panel_per_config_and_one_line_per_layer()
     assert "linear_cka" in axes[0].get_ylabel()
 
 
-def test_similarity_vs_sparsity_without_dense_rows_raises():
+def test_similarity_vs_sparsity_without_defined_dense_rows_raises():
     lineages = _lineages()
     levels = _levels(lineages)
     with pytest.raises(ValueError, match="nbs"):
         plots.similarity_vs_sparsity(_similarity(levels), levels, "nbs")
+    undefined = _similarity(levels).with_columns(pl.lit(None, pl.Float64).alias("value"))
+    with pytest.raises(ValueError, match="linear_cka"):
+        plots.similarity_vs_sparsity(undefined, levels, "linear_cka")
 
 
 def test_layer_heatmap_is_l_by_l_only_when_every_pair_exists():
