@@ -5,6 +5,8 @@ Exit codes: 0 ok, 2 bad input (nothing started, nothing written), 1 failure.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from collections.abc import Sequence
 from importlib import resources
@@ -78,10 +80,40 @@ def _load(args) -> SweepSpec:
     return load_sweep(args.sweep, overrides=args.overrides, smoke=args.smoke)
 
 
+def _in_ray_job_working_dir() -> bool:
+    """True when this process is a `ray job submit --working-dir` entrypoint."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return False
+    try:
+        return bool(json.loads(raw).get("runtime_env", {}).get("working_dir"))
+    except (ValueError, AttributeError):
+        return False
+
+
+def leave_job_working_dir(sweep: SweepSpec) -> None:
+    """Ray replaces a job's working_dir on a node whenever a new worker with it starts there,
+    deleting the directory the driver stands in (ray-project/ray#52343: Tune then fails at the
+    end of the sweep). So a job's driver works from the sweep's workdir, which must therefore
+    be absolute: a relative one would live inside the replaced directory."""
+    if not _in_ray_job_working_dir():
+        return
+    if not Path(sweep.workdir).is_absolute():
+        raise SpecError([
+            f"workdir: {sweep.workdir!r} is relative, but this runs as a Ray job whose working directory "
+            "Ray replaces while it runs; give an absolute path on shared storage, e.g. "
+            "--set workdir=/home/ubuntu/impsweep-runs/" + sweep.name
+        ], "sweep")
+    sweep.workdir_path.mkdir(parents=True, exist_ok=True)
+    os.chdir(sweep.workdir_path)
+
+
 def _dispatch(args) -> int:
     from orchestrator import commands
 
     sweep = _load(args)
+    if args.verb in ("run", "analyze", "demo"):
+        leave_job_working_dir(sweep)
     if args.verb == "run":
         return commands.run(sweep)
     if args.verb == "status":
