@@ -1,4 +1,4 @@
-"""The `impsweep` command line: run, status, analyze, query, ui, demo.
+"""The `impsweep` command line: run, status, analyze, report, query, ui, demo.
 
 Exit codes: 0 ok, 2 bad input (nothing started, nothing written), 1 failure.
 """
@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     with_sweep("run", "run every lineage of the sweep that is not done yet")
     with_sweep("status", "print per lineage: done / partial / to do")
     with_sweep("analyze", "compute the sweep's similarity tables")
+    with_sweep("report", "write the sweep's HTML report with figures (and log them to MLflow)")
     query = with_sweep("query", "run polars SQL over the tables (similarity, levels, layers, lineages, sweep_lineages)")
     query.add_argument("sql", help='SQL, e.g. "SELECT * FROM levels LIMIT 5"')
     query.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
@@ -120,6 +121,8 @@ def _dispatch(args) -> int:
         return commands.status(sweep)
     if args.verb == "analyze":
         return commands.analyze(sweep)
+    if args.verb == "report":
+        return commands.report(sweep)
     if args.verb == "query":
         return commands.query(sweep, args.sql, fmt=args.format, output=args.output)
     if args.verb == "ui":

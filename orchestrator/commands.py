@@ -53,6 +53,17 @@ def analyze(sweep: SweepSpec) -> int:
     return 1 if outcome.failed_checkpoints else 0
 
 
+def report(sweep: SweepSpec) -> int:
+    from analysis.report import write_report
+
+    try:
+        path = write_report(sweep.workdir, sweep.name, tracking_uri=sweep.resolved_tracking_uri)
+    except ValueError as err:  # e.g. a sweep with no analysed lineages yet
+        raise SpecError([f"report: {err}"], "report") from None
+    print(f"report: {path}", flush=True)
+    return 0
+
+
 def query(sweep: SweepSpec, sql: str, *, fmt: str = "table", output: Path | None = None) -> int:
     from analysis.tables import scan_tables
 
