@@ -1,0 +1,431 @@
+"""Training-speed benchmark: impsweep's masked IMP training step against a pinned plain-PyTorch
+baseline, same model, batch size, step count and optimizer, in the same run.
+
+impsweep's loop is exactly what a lineage runs for a pruned level: data resident on the device
+as one tensor, each epoch drawn by `trainables.data.epoch_batches` (permutation and, for
+CIFAR-shaped data, flips and crops of the whole epoch in bulk), `trainables.loop.train_epoch`
+with `make_optimizer` and `lr_at`, masks from `trainables.pruning.magnitude_masks` at 80%
+sparsity (rate 0.2, log(0.2)/log(0.8) rounds), and on CUDA channels_last, bf16 autocast and
+optionally torch.compile as the lineage sets them.
+
+The baseline is pinned: `DataLoader(TensorDataset, batch_size=B, shuffle=True, num_workers=0)`
+over host tensors, torchvision's per-sample `RandomCrop(32, padding=4)` and
+`RandomHorizontalFlip()` applied in the dataset for CIFAR-shaped data, batches moved to the
+device one at a time, masks through `torch.nn.utils.prune.global_unstructured` (L1, the same
+weights and the same count as impsweep's), `torch.optim.SGD` with momentum, fp32.
+
+Data is synthetic and seeded (MNIST-shaped 1x28x28, CIFAR-shaped 3x32x32); nothing is
+downloaded. One timed repeat is a whole number of epochs; every configuration is warmed up
+first, repeats of the configurations are interleaved (so that a change in machine load hits all
+of them alike), and the median repeat is reported. Reported per model: model-images/s of
+impsweep's loop and of the baseline and their ratio, and the masked-step over dense-step time
+of impsweep's loop (the dense step: the same loop with no masks, i.e. the masking overhead).
+
+Writes benchmarks/results/train-<device>.json and prints a table.
+
+    python benchmarks/train_bench.py [--device cpu|cuda] [--models lenet_300_100,conv4,resnet20]
+                                     [--steps N] [--batch-size B] [--repeats R] [--compile]
+                                     [--quick] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torch.nn.utils import prune
+from torch.utils.data import DataLoader, TensorDataset
+from torchvision import transforms
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from trainables.data import epoch_batches  # noqa: E402
+from trainables.loop import lr_at, make_optimizer, train_epoch  # noqa: E402
+from trainables.masks import Masks, dense_masks, prunable_names  # noqa: E402
+from trainables.models import build_model  # noqa: E402
+from trainables.pruning import magnitude_masks, rounds_for  # noqa: E402
+from trainables.specs import PruneSpec, TrainSpec  # noqa: E402
+
+SPARSITY = 0.8
+PRUNE = PruneSpec(rate=0.2)  # global magnitude ranking; biases and norms are never pruned
+TRAIN = TrainSpec(lr=0.05, momentum=0.9, weight_decay=1e-4, batch_size=128)
+NUM_CLASSES = 10
+MASKED_OVER_DENSE_MAX = 1.10
+
+
+@dataclass(frozen=True)
+class Case:
+    input_shape: tuple[int, ...]
+    augment: bool  # CIFAR-shaped: flips and crops
+    cpu_steps: int  # default steps per timed repeat on CPU (a whole number of epochs)
+    cpu_repeats: int
+    cuda_steps: int
+    cuda_repeats: int
+
+
+MNIST_SHAPE, CIFAR_SHAPE = (1, 28, 28), (3, 32, 32)
+CASES = {
+    "lenet_300_100": Case(MNIST_SHAPE, False, cpu_steps=120, cpu_repeats=5, cuda_steps=400, cuda_repeats=5),
+    "conv4": Case(CIFAR_SHAPE, True, cpu_steps=16, cpu_repeats=3, cuda_steps=400, cuda_repeats=5),
+    "resnet20": Case(CIFAR_SHAPE, True, cpu_steps=8, cpu_repeats=3, cuda_steps=400, cuda_repeats=5),
+}
+# impsweep's loop over the baseline, in model-images/s (issue 7).
+SPEEDUP_TARGETS = {
+    "cpu": {"lenet_300_100": 2.0, "resnet20": 1.2},
+    "cuda": {"resnet20": 4.0},
+}
+MAX_STEPS_PER_EPOCH = 64  # bounds the synthetic dataset at 64 batches
+QUICK = {"steps": 4, "repeats": 1, "warmup": 1, "batch_size": 32}
+
+
+def epochs_for(steps: int) -> tuple[int, int]:
+    """(epochs, steps per epoch) for about `steps` steps in whole epochs of at most 64 steps."""
+    epochs = max(1, math.ceil(steps / MAX_STEPS_PER_EPOCH))
+    return epochs, math.ceil(steps / epochs)
+
+
+def synthetic_data(shape: tuple[int, ...], n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded standard-normal images and uniform labels, on the host."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *shape, generator=gen)
+    y = torch.randint(0, NUM_CLASSES, (n,), generator=gen)
+    return x, y
+
+
+def initial_model(name: str, shape: tuple[int, ...], seed: int) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(name, input_shape=shape, num_classes=NUM_CLASSES)
+
+
+def impsweep_masks(model: nn.Module, sparsity: float = SPARSITY) -> Masks:
+    """What an IMP lineage holds at `sparsity`: magnitude masks after log(1-s)/log(1-rate) rounds."""
+    names = prunable_names(model, PRUNE)
+    return magnitude_masks(model, dense_masks(model, names), PRUNE, rounds_for(sparsity, PRUNE.rate))
+
+
+# ---- impsweep's loop --------------------------------------------------------------------------
+
+class ImpsweepRun:
+    """A lineage's training of one level: resident data, epoch_batches, train_epoch."""
+
+    def __init__(self, model: nn.Module, masks: Masks, x: torch.Tensor, y: torch.Tensor, *, augment: bool,
+                 batch_size: int, steps_per_epoch: int, device: torch.device, compile: bool, seed: int):
+        self.device = device
+        channels_last = device.type == "cuda" and x.ndim == 4
+        self.x, self.y = x.to(device), y.to(device)
+        self.model = model.to(device)
+        if channels_last:
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if compile else self.model
+        self.masks = {n: m.to(device) for n, m in masks.items()}
+        self.optimizer = make_optimizer(self.model, TRAIN)
+        self.augment, self.batch_size, self.seed = augment, batch_size, seed
+        self.steps_per_epoch = steps_per_epoch
+        self.epoch = self.step = 0
+
+    def _lr(self, step: int) -> float:
+        return lr_at(step, train=TRAIN, steps_per_epoch=self.steps_per_epoch)
+
+    def _batches(self):
+        batches = epoch_batches(self.x, self.y, batch_size=self.batch_size, epoch_seed=self.seed + self.epoch,
+                                augment=self.augment)
+        self.epoch += 1
+        return batches
+
+    def steps(self, n: int) -> int:
+        """`n` steps from the start of an epoch (warm-up)."""
+        _, taken = train_epoch(self.model, self.optimizer, islice(self._batches(), n), masks=self.masks,
+                               lr_of_step=self._lr, first_step=self.step, forward=self.forward)
+        self.step += taken
+        return taken
+
+    def epochs(self, n: int) -> int:
+        total = 0
+        for _ in range(n):
+            _, taken = train_epoch(self.model, self.optimizer, self._batches(), masks=self.masks,
+                                   lr_of_step=self._lr, first_step=self.step, forward=self.forward)
+            self.step += taken
+            total += taken
+        return total
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x.to(self.device))
+
+
+# ---- the pinned plain-PyTorch baseline --------------------------------------------------------
+
+class TransformedTensorDataset(TensorDataset):
+    """TensorDataset whose images go through a per-sample torchvision transform."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform=None):
+        super().__init__(x, y)
+        self.transform = transform
+
+    def __getitem__(self, index):
+        x, y = super().__getitem__(index)
+        return (x if self.transform is None else self.transform(x)), y
+
+
+def baseline_prune(model: nn.Module, names: tuple[str, ...], n_pruned: int) -> None:
+    """torch.nn.utils.prune.global_unstructured over the parameters `names`, `n_pruned` weights."""
+    targets = [(model.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2]) for name in names]
+    prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=n_pruned)
+
+
+def baseline_masks(model: nn.Module) -> Masks:
+    """The masks torch.nn.utils.prune holds, under the plain parameter names."""
+    return {name.removesuffix("_mask"): mask.bool() for name, mask in model.named_buffers() if name.endswith("_mask")}
+
+
+class BaselineRun:
+    def __init__(self, model: nn.Module, masks: Masks | None, x: torch.Tensor, y: torch.Tensor, *, augment: bool,
+                 batch_size: int, device: torch.device, seed: int):
+        self.device = device
+        if masks is not None:
+            baseline_prune(model, tuple(masks), sum(int((~m).sum()) for m in masks.values()))
+        self.model = model.to(device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=TRAIN.lr, momentum=TRAIN.momentum,
+                                         weight_decay=TRAIN.weight_decay)
+        transform = None
+        if augment:
+            transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()])
+        dataset = TransformedTensorDataset(x, y, transform)
+        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=0,
+                                 generator=torch.Generator().manual_seed(seed))
+        self.total = torch.zeros((), device=device)
+
+    def _train(self, batches) -> int:
+        self.model.train()
+        n = 0
+        for x, y in batches:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            loss = F.cross_entropy(self.model(x), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.total += loss.detach()
+            n += 1
+        return n
+
+    def steps(self, n: int) -> int:
+        return self._train(islice(self.loader, n))
+
+    def epochs(self, n: int) -> int:
+        return sum(self._train(self.loader) for _ in range(n))
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.to(self.device))
+
+
+# ---- timing -----------------------------------------------------------------------------------
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device) -> tuple[float, int]:
+    _sync(device)
+    t0 = time.perf_counter()
+    steps = fn()
+    _sync(device)
+    return time.perf_counter() - t0, steps
+
+
+def make_runs(name: str, *, device: torch.device, batch_size: int, steps_per_epoch: int, compile: bool = False,
+              seed: int = 0) -> dict[str, ImpsweepRun | BaselineRun]:
+    """The configurations of one model, each from the same initial weights and data."""
+    case = CASES[name]
+    x, y = synthetic_data(case.input_shape, batch_size * steps_per_epoch, seed)
+    model = initial_model(name, case.input_shape, seed + 1)
+    masks = impsweep_masks(model)
+    common = dict(augment=case.augment, batch_size=batch_size, device=device, seed=seed + 2)
+    return {
+        "impsweep_masked": ImpsweepRun(copy.deepcopy(model), masks, x, y, steps_per_epoch=steps_per_epoch,
+                                       compile=compile, **common),
+        "impsweep_dense": ImpsweepRun(copy.deepcopy(model), {}, x, y, steps_per_epoch=steps_per_epoch,
+                                      compile=compile, **common),
+        "baseline_masked": BaselineRun(copy.deepcopy(model), masks, x, y, **common),
+    }
+
+
+def bench_model(name: str, *, device: torch.device, steps: int, repeats: int, warmup: int, batch_size: int,
+                compile: bool, seed: int = 0) -> dict:
+    epochs, steps_per_epoch = epochs_for(steps)
+    runs = make_runs(name, device=device, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
+                     compile=compile, seed=seed)
+    masks_equal = _masks_equal(runs)
+    for run in runs.values():
+        run.steps(warmup)
+    times: dict[str, list[float]] = {key: [] for key in runs}
+    keys = list(runs)
+    for r in range(repeats):
+        for key in keys[r % len(keys):] + keys[:r % len(keys)]:  # rotate the order every repeat
+            seconds, taken = _timed(lambda run=runs[key]: run.epochs(epochs), device)
+            assert taken == epochs * steps_per_epoch, (key, taken)
+            times[key].append(seconds)
+    n_steps = epochs * steps_per_epoch
+    med = {key: statistics.median(v) for key, v in times.items()}
+    images = n_steps * batch_size
+    imp_ips, base_ips = images / med["impsweep_masked"], images / med["baseline_masked"]
+    masked_s, dense_s = med["impsweep_masked"] / n_steps, med["impsweep_dense"] / n_steps
+    target = SPEEDUP_TARGETS.get(device.type, {}).get(name)
+    return {
+        "input_shape": list(CASES[name].input_shape),
+        "augment": CASES[name].augment,
+        "sparsity": SPARSITY,
+        "masks_equal": masks_equal,
+        "batch_size": batch_size,
+        "steps": n_steps,
+        "epochs_per_repeat": epochs,
+        "warmup_steps": warmup,
+        "repeats": repeats,
+        "impsweep_images_per_s": imp_ips,
+        "baseline_images_per_s": base_ips,
+        "ratio": imp_ips / base_ips,
+        "masked_step_s": masked_s,
+        "dense_step_s": dense_s,
+        "masked_over_dense": masked_s / dense_s,
+        "baseline_step_s": med["baseline_masked"] / n_steps,
+        "repeat_seconds": times,
+        "targets": {
+            "ratio_min": target,
+            "ratio_met": None if target is None else imp_ips / base_ips >= target,
+            "masked_over_dense_max": MASKED_OVER_DENSE_MAX,
+            "masked_over_dense_met": masked_s / dense_s <= MASKED_OVER_DENSE_MAX,
+        },
+    }
+
+
+def _masks_equal(runs) -> bool:
+    """Whether torch's global_unstructured picked exactly impsweep's weights."""
+    ours = runs["impsweep_masked"].masks
+    theirs = baseline_masks(runs["baseline_masked"].model)
+    return ours.keys() == theirs.keys() and all(torch.equal(ours[n].cpu(), theirs[n].cpu()) for n in ours)
+
+
+# ---- report -----------------------------------------------------------------------------------
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} logical CPUs)"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs)"
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def table(results: dict) -> str:
+    head = (f"{'model':<14} {'B':>4} {'steps':>5} {'impsweep img/s':>15} {'baseline img/s':>15} {'ratio':>6} "
+            f"{'target':>6} {'masked/dense':>12} {'<=1.10':>6}")
+    lines = [head, "-" * len(head)]
+    for name, r in results["models"].items():
+        t = r["targets"]
+        target = "-" if t["ratio_min"] is None else f"{t['ratio_min']:.1f}x" + ("" if t["ratio_met"] else "!")
+        lines.append(
+            f"{name:<14} {r['batch_size']:>4} {r['steps']:>5} {r['impsweep_images_per_s']:>15.0f} "
+            f"{r['baseline_images_per_s']:>15.0f} {r['ratio']:>5.2f}x {target:>6} {r['masked_over_dense']:>12.3f} "
+            f"{'yes' if t['masked_over_dense_met'] else 'NO':>6}"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--models", default=",".join(CASES), help="comma-separated, of " + ", ".join(CASES))
+    p.add_argument("--steps", type=int, default=None,
+                   help="steps per timed repeat, rounded to whole epochs (default: per model and device)")
+    p.add_argument("--batch-size", type=int, default=TRAIN.batch_size)
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats (median reported)")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up steps of every configuration")
+    p.add_argument("--compile", action="store_true", help="torch.compile impsweep's forward (as spec.compile)")
+    p.add_argument("--quick", action="store_true", help="a few tiny steps: a smoke test, not a measurement")
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/train-<device>.json)")
+    args = p.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in args.models if m not in CASES]
+    if unknown:
+        p.error(f"unknown model(s) {unknown}; expected some of {list(CASES)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    batch_size = QUICK["batch_size"] if args.quick and args.batch_size == TRAIN.batch_size else args.batch_size
+    load_before = _loadavg()
+    started = time.perf_counter()
+    models = {}
+    for name in args.models:
+        case = CASES[name]
+        if args.quick:
+            steps, repeats, warmup = QUICK["steps"], QUICK["repeats"], QUICK["warmup"]
+        else:
+            steps = args.steps or (case.cuda_steps if device.type == "cuda" else case.cpu_steps)
+            repeats = args.repeats or (case.cuda_repeats if device.type == "cuda" else case.cpu_repeats)
+            warmup = args.warmup
+        models[name] = bench_model(name, device=device, steps=steps, repeats=repeats, warmup=warmup,
+                                   batch_size=batch_size, compile=args.compile)
+    results = {
+        "benchmark": "train",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": args.device,
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "quick": args.quick,
+        "compile": args.compile,
+        "impsweep_precision": "bf16 autocast, channels_last" if device.type == "cuda" else "fp32",
+        "baseline_precision": "fp32",
+        "train": {"optimizer": "sgd", "lr": TRAIN.lr, "momentum": TRAIN.momentum, "weight_decay": TRAIN.weight_decay},
+        "loadavg_before": load_before,
+        "loadavg_after": _loadavg(),
+        "wall_s": round(time.perf_counter() - started, 1),
+        "models": models,
+    }
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"train-{args.device}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    print(f"wall {results['wall_s']} s, load average {load_before} -> {results['loadavg_after']}; wrote {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
