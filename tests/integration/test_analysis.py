@@ -1,0 +1,141 @@
+"""The analysis stage on a small real sweep: exact pair sets, values, incrementality, failures."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+from analysis import AnalysisSpec, run_analysis, scan_tables
+from analysis.similarity import similarity
+from orchestrator import load_sweep, run_sweep
+from tests.integration.conftest import tiny_sweep
+
+pytestmark = pytest.mark.integration
+
+FAST = {"neurons": False, "receptive_fields": False, "sharpness": False}
+
+
+@pytest.fixture(scope="module")
+def ray_module():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, ray_module):
+    """Two lineages of three levels, trained once for the whole module."""
+    root = tmp_path_factory.mktemp("swept")
+    raw = tiny_sweep(root / "w", name="base")
+    run_sweep(load_sweep(raw), echo=lambda _: None)
+    return root / "w", raw
+
+
+@pytest.fixture
+def workdir(swept, tmp_path):
+    """A private copy of the swept workdir (its MLflow store and checkpoints)."""
+    src, raw = swept
+    dst = tmp_path / "w"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("tables", "analysis", "ray"))
+    return dst
+
+
+def _analyze(workdir, sweep="base", **spec):
+    return run_analysis(sweep, AnalysisSpec(**{**FAST, **spec}), workdir=workdir,
+                        tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}", echo=lambda _: None)
+
+
+def _sim(workdir, measure=None) -> pl.DataFrame:
+    frame = scan_tables(workdir)["similarity"].collect()
+    return frame if measure is None else frame.filter(pl.col("measure") == measure)
+
+
+@pytest.mark.parametrize("scope,layers,expected", [
+    ("dense", "same", 18), ("lineage", "same", 36), ("seeds", "same", 27), ("dense", "all", 48),
+])
+def test_rows_equal_the_pair_set(workdir, scope, layers, expected):
+    outcome = _analyze(workdir, measures=("linear_cka",), scope=scope, layers=layers)
+    assert outcome.pairs_total == {"linear_cka": expected} == outcome.pairs_computed
+    assert _sim(workdir).height == expected
+
+
+def test_values_agree_with_the_library(workdir):
+    _analyze(workdir, measures=("linear_cka", "pwcca", "nbs"), scope="lineage")
+    acts = {}
+    for manifest in (workdir / "analysis" / "activations" / "index").rglob("*.json"):
+        for row in json.loads(manifest.read_text()):
+            acts[(row["checkpoint_id"], row["layer"])] = np.load(row["path"])
+    rows = _sim(workdir).sample(n=12, seed=0)
+    for row in rows.iter_rows(named=True):
+        x = acts[(row["a_checkpoint_id"], row["a_layer"])]
+        y = acts[(row["b_checkpoint_id"], row["b_layer"])]
+        expected = similarity(x, y, row["measure"])
+        assert row["value"] == pytest.approx(expected, abs=1e-10), row
+
+
+def test_second_run_writes_nothing_and_a_new_lineage_adds_its_pairs(workdir):
+    _analyze(workdir, measures=("linear_cka",), scope="dense")
+    files = sorted((workdir / "tables").rglob("*.parquet"))
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = _analyze(workdir, measures=("linear_cka",), scope="dense")
+    assert again.pairs_computed == {"linear_cka": 0}
+    assert [f.stat().st_mtime_ns for f in sorted((workdir / "tables").rglob("*.parquet"))] == stamps
+    grown = load_sweep(tiny_sweep(workdir, name="base", grid={"seed": [0, 1, 2]}))
+    run_sweep(grown, echo=lambda _: None)
+    outcome = _analyze(workdir, measures=("linear_cka",), scope="dense")
+    assert outcome.pairs_computed == {"linear_cka": 9}  # (L0,L0) (L0,L1) (L0,L2) x 3 layers
+    assert _sim(workdir).height == 27
+
+
+def test_bad_checkpoint_is_reported_and_skipped(workdir):
+    lineage = sorted((workdir / "lineages").glob("c*"))[0]
+    (lineage / "L01" / "state.pt").write_bytes(b"not a checkpoint")
+    shutil.rmtree(lineage / "L02")
+    outcome = _analyze(workdir, measures=("linear_cka",), scope="all")
+    failed = dict(outcome.failed_checkpoints)
+    assert set(failed) == {f"{lineage.name}/L01", f"{lineage.name}/L02"}
+    assert "state.pt is missing" in failed[f"{lineage.name}/L02"]
+    assert failed[f"{lineage.name}/L01"].startswith("error: ")
+    sim = _sim(workdir)
+    assert sim.height == 3 * (4 * 5 // 2)  # the other four checkpoints, all pairs, 3 layers
+    bad = {f"{lineage.name}/L01", f"{lineage.name}/L02"}
+    assert not set(sim["a_checkpoint_id"]) & bad and not set(sim["b_checkpoint_id"]) & bad
+
+
+def test_interrupted_analysis_resumes_to_the_same_tables(workdir, tmp_path):
+    reference = tmp_path / "ref"
+    shutil.copytree(workdir, reference)
+    raw = tiny_sweep(workdir, name="base", analysis={**FAST, "measures": ["linear_cka", "pwcca"], "scope": "all",
+                                                      "tile_size": 1})
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "analyze", str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    folder = workdir / "tables" / "similarity"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if folder.exists() and len(list(folder.rglob("*.parquet"))) >= 5:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = len(list(folder.rglob("*.parquet"))) if folder.exists() else 0
+    assert partial < 2 * 21 * 3, "the analysis finished before it could be interrupted"
+    outcome = _analyze(workdir, measures=("linear_cka", "pwcca"), scope="all", tile_size=1)
+    assert outcome.failed_checkpoints == ()
+    _analyze(reference, measures=("linear_cka", "pwcca"), scope="all", tile_size=1)
+    key = ["measure", "a_checkpoint_id", "a_layer", "b_checkpoint_id", "b_layer"]
+    got, want = _sim(workdir).sort(key), _sim(reference).sort(key)
+    assert got.height == want.height == 2 * 21 * 3
+    assert got.select(key + ["value", "status"]).equals(want.select(key + ["value", "status"]))
