@@ -4,10 +4,12 @@ as the reference implementations do).
 
 Writes benchmarks/results/similarity-<device>.json and prints a table. Sizes: small (M=24
 representations, n=2000 x p=256, all pairs in both), large (M=200, n=1000 x p=512, the loop
-timed on a seeded sample of pairs and scaled), gpu (M=1000, n=1000 x p=512, CUDA only).
+timed on a seeded sample of pairs and scaled; pairwise of the per-pair-bound measures timed
+on a --block x --block rectangle of pairs and scaled unless --block 0), gpu (M=1000,
+n=1000 x p=512, CUDA only).
 
     python benchmarks/similarity_bench.py [--device cpu|cuda] [--sizes small,large]
-                                          [--measures linear_cka,...] [--loop-pairs 12]
+                                          [--measures linear_cka,...] [--loop-pairs 12] [--threads N]
 """
 
 from __future__ import annotations
@@ -176,18 +178,44 @@ def loop_procrustes(x, y):
 LOOPS = {name: globals()[f"loop_{name}"] for name in MEASURES}
 
 
-def bench_measure(name: str, reps: list[torch.Tensor], loop_pairs: list[tuple[int, int]],
-                  total_pairs: int, device: torch.device) -> dict:
+# Measures whose per-pair cost is an SVD-sized decomposition of a [p, p] block: at the large
+# size their full all-pairs run takes tens of minutes on 2 cores, so by default `pairwise` is
+# timed on a rectangular block of pairs and scaled (see --block).
+PER_PAIR_BOUND = ("mean_cca", "svcca", "pwcca", "pwcca_google", "nbs", "procrustes")
+
+
+def time_pairwise(name: str, reps: list[torch.Tensor], total_pairs: int, block: int,
+                  device: torch.device) -> tuple[torch.Tensor, float, int, list[int]]:
+    """(values, seconds scaled to all pairs, pairs timed, row indices of `values`)."""
+    if block and name in PER_PAIR_BOUND and 2 * block < len(reps):
+        rows, cols = list(range(block)), list(range(block, 2 * block))
+        start = time.perf_counter()
+        result = pairwise([reps[i] for i in rows], [reps[j] for j in cols], measure=name,
+                          device=device)
+        seconds = time.perf_counter() - start
+        full = torch.full((len(reps), len(reps)), float("nan"), dtype=torch.float64)
+        full[:block, block:2 * block] = result.values
+        return full, seconds * total_pairs / block ** 2, block ** 2, cols
     start = time.perf_counter()
     result = pairwise(reps, measure=name, device=device)
-    pairwise_s = time.perf_counter() - start
+    return result.values, time.perf_counter() - start, total_pairs, list(range(len(reps)))
+
+
+def bench_measure(name: str, reps: list[torch.Tensor], loop_pairs: list[tuple[int, int]],
+                  total_pairs: int, device: torch.device, block: int = 0) -> dict:
+    values, pairwise_s, pairwise_timed, _ = time_pairwise(name, reps, total_pairs, block,
+                                                          device)
+    if pairwise_timed < total_pairs:
+        in_block = [(i, j) for i in range(block) for j in range(block, 2 * block)]
+        loop_pairs = random.Random(0).sample(in_block, min(len(loop_pairs), len(in_block)))
     cpu_reps = [r.cpu() for r in reps]
     start = time.perf_counter()
     loop_values = [float(LOOPS[name](cpu_reps[i], cpu_reps[j])) for i, j in loop_pairs]
     loop_s = (time.perf_counter() - start) * total_pairs / len(loop_pairs)
-    diffs = [abs(result.values[i, j].item() - v) for (i, j), v in zip(loop_pairs, loop_values)
+    diffs = [abs(values[i, j].item() - v) for (i, j), v in zip(loop_pairs, loop_values)
              if not math.isnan(v)]
     return {"measure": name, "pairs": total_pairs, "loop_pairs_timed": len(loop_pairs),
+            "pairwise_pairs_timed": pairwise_timed,
             "pairwise_s": pairwise_s, "loop_s": loop_s,
             "pairwise_pairs_per_s": total_pairs / pairwise_s,
             "loop_pairs_per_s": total_pairs / loop_s, "ratio": loop_s / pairwise_s,
@@ -201,10 +229,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--measures", default=",".join(MEASURES))
     parser.add_argument("--loop-pairs", type=int, default=12,
                         help="pairs timed in the per-pair loop when not all are timed")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads for both sides (default: torch's)")
+    parser.add_argument("--block", type=int, default=24,
+                        help="large sizes: time pairwise for the per-pair-bound measures on "
+                        "a block x block rectangle of pairs and scale; 0 runs all pairs")
     parser.add_argument("--out", default=None, help="results file (default: "
                         "benchmarks/results/similarity-<device>.json)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     out = Path(args.out) if args.out else (Path(__file__).parent / "results"
                                            / f"similarity-{device.type}.json")
@@ -224,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'measure':22s} {'pairwise s':>11s} {'loop s':>10s} {'ratio':>8s} "
               f"{'pairs/s':>10s} {'max|diff|':>10s}")
         for name in args.measures.split(","):
-            row = bench_measure(name, reps, sample, len(all_pairs), device)
+            block = 0 if size == "small" else args.block
+            row = bench_measure(name, reps, sample, len(all_pairs), device, block)
             row.update({"M": count, "n": n, "p": p})
             rows[name] = row
             diff = "-" if row["max_abs_diff"] is None else f"{row['max_abs_diff']:.1e}"

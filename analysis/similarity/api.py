@@ -12,7 +12,7 @@ import torch
 from analysis.similarity import cka
 from analysis.similarity.inputs import (as_tensor, as_tensors, check_examples, common_size,
                                         spatial_size, to_matrix)
-from analysis.similarity.kernels import evaluate
+from analysis.similarity.kernels import Tile, evaluate
 from analysis.similarity.registry import (PRECISIONS, TOLERANCE, MeasureInfo, get_measure,
                                           resolve_conv, resolve_options)
 from analysis.similarity.sketch import Sketch, build_sketch
@@ -87,11 +87,7 @@ def pairwise(xs: Sequence[Any], ys: Sequence[Any] | None = None, *,
     right = left if ys is None else as_tensors(ys, "ys", dev)
     check_examples([("xs", left)] + ([] if ys is None else [("ys", right)]))
     same = ys is None
-    shape = (len(left), len(right))
-    values = torch.full(shape, float("nan"), dtype=torch.float64)
-    status = np.full(shape, "ok", dtype="<U16")
-    a_dim = np.full(shape, -1)
-    b_dim = np.full(shape, -1)
+    grids = _Grids.empty((len(left), len(right)))
     form = _cka_form(info, left, right, mode, same, merged["max_rows"])
     cache: dict[tuple[str, int, Any], Sketch] = {}
 
@@ -107,20 +103,44 @@ def pairwise(xs: Sequence[Any], ys: Sequence[Any] | None = None, *,
         rows = [sketch_of("x", i, target) for i in rows_idx]
         cols = [sketch_of("y", j, target) for j in cols_idx]
         tile = evaluate(info, merged, rows, cols, same=block_same, precision=precision)
-        grid = np.ix_(rows_idx, cols_idx)
-        values[grid] = tile.forward
-        status[grid] = tile.status
-        if info.family == "cca":
-            a_dim[grid] = np.array([s.dim for s in rows])[:, None]
-            b_dim[grid] = np.array([s.dim for s in cols])[None, :]
-        if same and not block_same:
-            values[np.ix_(cols_idx, rows_idx)] = tile.backward.T
-            status[np.ix_(cols_idx, rows_idx)] = tile.status.T
-            a_dim[np.ix_(cols_idx, rows_idx)] = b_dim[grid].T
-            b_dim[np.ix_(cols_idx, rows_idx)] = a_dim[grid].T
-    return PairwiseResult(values=values, status=status, measure=measure, conv=mode,
-                          options=MappingProxyType(merged), precision=precision,
-                          tolerance=TOLERANCE[precision], a_dim=a_dim, b_dim=b_dim)
+        dims = (np.array([s.dim for s in rows]), np.array([s.dim for s in cols]))
+        grids.place(tile, rows_idx, cols_idx, dims if info.family == "cca" else None,
+                    mirror=same and not block_same)
+    return PairwiseResult(values=grids.values, status=grids.status, measure=measure,
+                          conv=mode, options=MappingProxyType(merged), precision=precision,
+                          tolerance=TOLERANCE[precision], a_dim=grids.a_dim,
+                          b_dim=grids.b_dim)
+
+
+@dataclass(frozen=True)
+class _Grids:
+    """The [M, N] outputs of `pairwise`, filled block by block."""
+
+    values: torch.Tensor
+    status: np.ndarray
+    a_dim: np.ndarray
+    b_dim: np.ndarray
+
+    @classmethod
+    def empty(cls, shape: tuple[int, int]) -> "_Grids":
+        return cls(values=torch.full(shape, float("nan"), dtype=torch.float64),
+                   status=np.full(shape, "ok", dtype="<U16"), a_dim=np.full(shape, -1),
+                   b_dim=np.full(shape, -1))
+
+    def place(self, tile: Tile, rows_idx: list[int], cols_idx: list[int],
+              dims: tuple[np.ndarray, np.ndarray] | None, *, mirror: bool) -> None:
+        """Write a block; `mirror` also writes its transpose (pairs (cols, rows))."""
+        grid, flipped = np.ix_(rows_idx, cols_idx), np.ix_(cols_idx, rows_idx)
+        self.values[grid] = tile.forward
+        self.status[grid] = tile.status
+        if dims is not None:
+            self.a_dim[grid] = dims[0][:, None]
+            self.b_dim[grid] = dims[1][None, :]
+        if mirror:
+            self.values[flipped] = tile.backward.T
+            self.status[flipped] = tile.status.T
+            self.a_dim[flipped] = self.b_dim[grid].T
+            self.b_dim[flipped] = self.a_dim[grid].T
 
 
 def _blocks(left: Sequence[torch.Tensor], right: Sequence[torch.Tensor], mode: str,

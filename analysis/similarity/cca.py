@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from analysis.similarity.sketch import Sketch, fewest_reaching
-from analysis.similarity.spectra import singular_values
+from analysis.similarity.spectra import side_vectors, singular_values
 
 
 def pair_status(a: Sketch, b: Sketch, name: str) -> str:
@@ -49,13 +49,23 @@ def pwcca(blocks: torch.Tensor, pairs: Sequence[tuple[Sketch, Sketch]]
           ) -> tuple[torch.Tensor, torch.Tensor]:
     """PWCCA of Morcos et al. for (a, b) and for (b, a): weights from the side with the lower
     rank, ties to the first argument. blocks: [B, ra, rb] -> ([B], [B])."""
-    left, rho, right_h = torch.linalg.svd(blocks, full_matrices=False)
+    ra, rb = blocks.shape[-2:]
+    # Only the lower-rank side supplies weights, so only its vectors are needed; ties
+    # (equal ranks) need both sides, one for each argument order.
+    left = right = rho = None
+    if ra <= rb:
+        left, rho = side_vectors(blocks, left=True)
+    if rb <= ra:
+        right, rho = side_vectors(blocks, left=False)
     forward, backward = [], []
     for idx, (a, b) in enumerate(pairs):
-        on_a = _pwcca_value(left[idx], rho[idx], a.extras["sv"])
-        on_b = _pwcca_value(right_h[idx].T, rho[idx], b.extras["sv"])
-        forward.append(on_a if a.rank <= b.rank else on_b)
-        backward.append(on_b if b.rank <= a.rank else on_a)
+        on_a = on_b = None
+        if left is not None:
+            on_a = _pwcca_value(left[idx], rho[idx], a.extras["sv"])
+        if right is not None:
+            on_b = _pwcca_value(right[idx], rho[idx], b.extras["sv"])
+        forward.append(on_a if on_a is not None else on_b)
+        backward.append(on_b if on_b is not None else on_a)
     return torch.stack(forward), torch.stack(backward)
 
 

@@ -70,7 +70,8 @@ def to_matrix(x: torch.Tensor, mode: str, target: Spatial | None = None,
               max_rows: int | None = None) -> torch.Tensor:
     """Reduce `x` to a matrix for one conv `mode`.
 
-    x: [n, p] (returned as is, but for the row stride of `spatial`) or [n, c, h, w]. flatten -> [n, c*h*w]; avgpool -> [n, c];
+    x: [n, p] (returned as is, but for the row stride of `spatial`) or [n, c, h, w].
+    flatten -> [n, c*h*w]; avgpool -> [n, c];
     spatial -> [n*h'*w', c] with rows ordered (example, row, column), after average-pooling
     to `target` = (h', w') and keeping every k-th row so that at most `max_rows` remain.
     """

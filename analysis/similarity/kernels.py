@@ -12,11 +12,12 @@ import numpy as np
 import torch
 
 from analysis.similarity import cca, cka, nbs
+from analysis.similarity.parallel import map_chunks
 from analysis.similarity.registry import MeasureInfo
 from analysis.similarity.sketch import Sketch
 
-# float64 elements per stacked operand of one tile (256 MiB); bounds memory, not results.
-TILE_ELEMENTS = 1 << 25
+# float64 elements per stacked operand of one tile (1 GiB); bounds memory, not results.
+TILE_ELEMENTS = 1 << 27
 # Columns per stacked factor: small enough that skipping the lower tiles of a symmetric
 # product saves most of its half, large enough for efficient matrix products.
 TILE_COLUMNS = 2048
@@ -67,17 +68,19 @@ def _size(sketch: Sketch, packed: bool) -> int:
 
 
 def _product(a: torch.Tensor, b: torch.Tensor, precision: str) -> torch.Tensor:
-    """a^T b, in fp32 (TF32 where the backend allows it) for precision="fast"."""
+    """a b^T, in fp32 (TF32 where the backend allows it) for precision="fast"."""
     if precision == "fast":
-        return (a.T.float() @ b.float()).double()
-    return a.T @ b
+        return (a.float() @ b.float().T).double()
+    return a @ b.T
 
 
 def _stack(sketches: Sequence[Sketch], chunk: Sequence[int]) -> torch.Tensor:
+    """The chunk's factors as rows: packed Grams [chunk, L], or [sum of dims, n] (a
+    transposed view: matrix products read it without a copy)."""
     factors = [sketches[i].factor for i in chunk]
     if factors[0].ndim == 1:
-        return torch.stack(factors, dim=1)  # packed Grams: [L, chunk]
-    return torch.cat(factors, dim=1)  # [n, sum of dims]
+        return torch.stack(factors)
+    return torch.cat(factors, dim=1).T
 
 
 def _tile_pairs(rows_chunk: Sequence[int], cols_chunk: Sequence[int], ok: np.ndarray,
@@ -101,7 +104,7 @@ def evaluate(info: MeasureInfo, options: Mapping[str, Any], rows: Sequence[Sketc
     packed = rows[live_rows[0]].factor.ndim == 1
     row_sizes = [_size(s, packed) for s in rows]
     col_sizes = [_size(s, packed) for s in cols]
-    cap = TILE_ELEMENTS if packed else max(1, min(TILE_ELEMENTS // n, TILE_COLUMNS))
+    cap = TILE_ELEMENTS if packed else max(1, min(TILE_ELEMENTS // (4 * n), TILE_COLUMNS))
     col_chunks = list(_chunks(live_cols, col_sizes, cap))
     for rows_chunk in _chunks(live_rows, row_sizes, cap):
         left = _stack(rows, rows_chunk)
@@ -178,7 +181,10 @@ def _pair_tile(info: MeasureInfo, options: Mapping[str, Any], rows: Sequence[Ske
             product[row_at[row_pos[i]]:row_at[row_pos[i] + 1],
                     col_at[col_pos[j]]:col_at[col_pos[j] + 1]] for i, j in group])
         sides = [(rows[i], cols[j]) for i, j in group]
-        fwd, bwd = pair_values(info, options, blocks, sides)
+        parts = map_chunks(lambda a, b: pair_values(info, options, blocks[a:b], sides[a:b]),
+                           len(group), blocks.device)
+        fwd = torch.cat([part[0] for part in parts])
+        bwd = torch.cat([part[1] for part in parts])
         index = tuple(torch.tensor(axis) for axis in zip(*group))
         forward[index] = fwd.cpu()
         backward[index] = bwd.cpu()

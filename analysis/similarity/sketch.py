@@ -129,10 +129,9 @@ def cka_sketch(z: torch.Tensor, info: MeasureInfo, options: Mapping[str, Any],
             rows = (zc * zc).sum(dim=1)
             total = float(rows.sum())
             extras = {"rows": rows, "sq": total}
-            norm_sq = float(cka.debiased_from_products(
-                torch.tensor([[gram_sq]], dtype=zc.dtype), (rows @ rows).reshape(1, 1),
-                torch.tensor([total], dtype=zc.dtype), torch.tensor([total], dtype=zc.dtype),
-                n)[0, 0])
+            # Kornblith et al.'s debiased helper on the pair (Zc, Zc).
+            norm_sq = (gram_sq - n / (n - 2.0) * float(rows @ rows)
+                       + total * total / ((n - 1.0) * (n - 2.0)))
         return _cka_result(n, zc, norm_sq, extras)
     if name == "linear_cka":
         vector = cka.linear_gram_vector(zc)

@@ -26,3 +26,24 @@ def singular_values(blocks: torch.Tensor) -> torch.Tensor:
     if not bool(resolved.all()):
         values[~resolved] = torch.linalg.svdvals(blocks[~resolved])
     return values
+
+
+def side_vectors(blocks: torch.Tensor, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Singular vectors of one side and the singular values, non-increasing.
+
+    blocks: [B, a, b]; left: the a-side (left singular vectors, [B, a, k]) or the b-side
+    ([B, b, k]), k = min(a, b). Eigenvectors of that side's Gram cost a third of an SVD;
+    blocks whose k-th eigenvalue reaches round-off use the SVD."""
+    k = min(blocks.shape[-2:])
+    gram = blocks @ blocks.mT if left else blocks.mT @ blocks
+    eigenvalues, vectors = torch.linalg.eigh(gram)
+    eigenvalues = eigenvalues.flip(-1)[:, :k]
+    vectors = vectors.flip(-1)[:, :, :k]
+    top = eigenvalues[:, 0]
+    resolved = (eigenvalues[:, -1] > GRAM_RATIO * top) & (top > 0)
+    values = eigenvalues.clamp_min(0.0).sqrt()
+    if not bool(resolved.all()):
+        u, s, vh = torch.linalg.svd(blocks[~resolved], full_matrices=False)
+        vectors[~resolved] = u if left else vh.mT
+        values[~resolved] = s
+    return vectors, values

@@ -184,3 +184,19 @@ def test_nbs_relatives():
     assert similarity(x, y, "procrustes") == pytest.approx(math.acos(nbs), abs=1e-12)
     np.testing.assert_allclose(pairwise([x, y], measure="procrustes").values.cos(),
                                pairwise([x, y], measure="nbs").values, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["linear_cka", "linear_cka_debiased"])
+def test_gram_and_feature_forms_agree(name):
+    from analysis.similarity.kernels import evaluate
+    from analysis.similarity.registry import resolve_options
+    from analysis.similarity.sketch import build_sketch
+
+    layers = _layers(16, n=30) + [_layers(17, n=30)[0][:, :2]]
+    info, options = MEASURES[name], resolve_options(name, {})
+    forward = []
+    for form in ("gram", "features"):
+        sketches = [build_sketch(z, info, options, form) for z in layers]
+        forward.append(evaluate(info, options, sketches, sketches, same=True,
+                                precision="exact").forward)
+    torch.testing.assert_close(forward[0], forward[1], atol=1e-12, rtol=0)
