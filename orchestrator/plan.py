@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.specs import SweepSpec
 from trainables.checkpoints import complete_levels, lineage_dir
 from trainables.ids import lineage_id
+from trainables.lineage import final_level
 from trainables.specs import LineageSpec
 from trainables.tracking import KIND_LEVEL, KIND_LINEAGE, TAG, search_all, tag_filter
 
@@ -68,7 +69,7 @@ def plan_sweep(sweep: SweepSpec, client: MlflowClient | None = None) -> list[Lin
     specs = sweep.lineages if sweep.search is None else _searched_lineages(sweep, client)
     for spec in specs:
         lid = lineage_id(spec)
-        n_levels = spec.prune.n_levels + 1
+        n_levels = final_level(sweep.workdir, spec) + 1
         on_disk = set(complete_levels(sweep.workdir, lid))
         logged = finished.get(lid, {})
         done = 0

@@ -52,6 +52,23 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
+STOPPED_FILE = "stopped.json"
+
+
+def connected_fractions(masks: Masks) -> dict[str, float]:
+    """Per weight (of 2 or more dims): the fraction of output units (rows, conv filters) that
+    keep at least one incoming weight."""
+    return {name: float(m.flatten(1).any(1).float().mean()) for name, m in masks.items() if m.ndim >= 2}
+
+
+def final_level(workdir: str | os.PathLike, spec: LineageSpec) -> int:
+    """The last level of a lineage: its planned last, or where its stopping rule ended it."""
+    stopped = ckpt.lineage_dir(workdir, lineage_id(spec)) / STOPPED_FILE
+    if stopped.exists():
+        return int(json.loads(stopped.read_text())["level"])
+    return spec.prune.n_levels
+
+
 def _fits_on_device(splits, device: torch.device, max_gb: float) -> bool:
     """Keep the whole dataset on the device when it fits within the budget (always on CPU)."""
     if device.type == "cpu":
@@ -125,6 +142,8 @@ def run_lineage(
             results.append(result)
             if on_level is not None:
                 on_level(result)
+            if run.should_stop(result):
+                break
     return LineageResult(run.lineage_id, config_id(spec), spec, tuple(results))
 
 
@@ -158,6 +177,22 @@ class _Run:
         self.names = prunable_names(self.model, spec.prune)
         self.done = set(ckpt.complete_levels(workdir, self.lineage_id))
         self._ensure_rewind_point()
+
+    # -- stopping rule ------------------------------------------------------------------------
+    def should_stop(self, result: LevelResult) -> bool:
+        """Pellegrini & Biroli's rule: no further level once some layer keeps at most a fraction
+        of its units connected. Recorded in `stopped.json` so that planners know the lineage is
+        complete at this level."""
+        threshold = self.spec.prune.stop_connected_fraction
+        if threshold is None:
+            return False
+        fraction = min(connected_fractions(self._load_level(result.level).masks).values())
+        if fraction > threshold:
+            return False
+        stopped = self.root / STOPPED_FILE
+        if not stopped.exists():
+            ckpt.atomic_write_json(stopped, {"level": result.level, "connected_fraction": fraction})
+        return True
 
     # -- rewind point -------------------------------------------------------------------------
     @property

@@ -92,6 +92,11 @@ class PruneSpec(_Spec):
     gradual_start_epoch: float = Field(0.0, ge=0, description="Epoch at which gradual pruning starts.")
     gradual_end_epoch: float | None = Field(None, ge=0, description="Epoch it reaches the target.")
     gradual_every_steps: int = Field(10, ge=1, description="Steps between gradual mask updates.")
+    stop_connected_fraction: float | None = Field(
+        None, gt=0, lt=1,
+        description="Stop once some pruned layer keeps at most this fraction of its units connected "
+        "(a unit is connected while any of its incoming weights survives).",
+    )
 
     @field_validator("targets")
     @classmethod

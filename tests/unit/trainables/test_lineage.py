@@ -169,3 +169,20 @@ def test_bad_specs_name_field_and_options(fields, match):
         LineageSpec.model_validate(raw)
     text = str(info.value).replace("\n  ", ".").replace("\n", " ")
     assert match.split(".")[-1] in text
+
+
+def test_stop_rule_ends_the_lineage_when_a_layer_loses_its_units(tiny_spec, tmp_path):
+    from trainables.lineage import STOPPED_FILE, connected_fractions, final_level
+
+    spec = tiny_spec(prune={"scope": "layerwise", "rate": 0.9, "levels": 6, "stop_connected_fraction": 0.5})
+    result = run_lineage(spec, workdir=tmp_path)
+    last = result.levels[-1]
+    assert last.level < 6
+    fractions = connected_fractions(_level(result, last.level).masks)
+    assert min(fractions.values()) <= 0.5
+    for lv in result.levels[:-1]:
+        assert min(connected_fractions(_level(result, lv.level).masks).values()) > 0.5
+    assert (ckpt.lineage_dir(tmp_path, result.lineage_id) / STOPPED_FILE).exists()
+    assert final_level(tmp_path, spec) == last.level
+    again = run_lineage(spec, workdir=tmp_path)
+    assert [lv.level for lv in again.levels] == [lv.level for lv in result.levels]
