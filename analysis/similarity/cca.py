@@ -51,11 +51,14 @@ def pwcca(blocks: torch.Tensor, pairs: Sequence[tuple[Sketch, Sketch]]
     rank, ties to the first argument. blocks: [B, ra, rb] -> ([B], [B])."""
     ra, rb = blocks.shape[-2:]
     # Only the lower-rank side supplies weights, so only its vectors are needed; ties
-    # (equal ranks) need both sides, one for each argument order.
-    left = right = rho = None
-    if ra <= rb:
+    # (equal ranks) need both sides, one for each argument order: one SVD gives both.
+    left = right = None
+    if ra == rb:
+        left, rho, right_h = torch.linalg.svd(blocks)
+        right = right_h.mT
+    elif ra < rb:
         left, rho = side_vectors(blocks, left=True)
-    if rb <= ra:
+    else:
         right, rho = side_vectors(blocks, left=False)
     forward, backward = [], []
     for idx, (a, b) in enumerate(pairs):
