@@ -329,3 +329,19 @@ def test_pairwise_cells_match_textbook_formula(name):
             expected = REFERENCES[name](x, y)
             got = float(result.values[i, j])
             assert abs(got - expected) <= _tolerance(name, expected), (i, j, got, expected)
+
+
+def test_mean_cca_matches_eigen_decomposition_of_covariances():
+    """rho^2 are the eigenvalues of Sxx^-1 Sxy Syy^-1 Syx on well-conditioned data."""
+    x, y = CASES["correlated"]
+    xc, yc = _centre(x), _centre(y)
+    sxy = xc.T @ yc
+    product = np.linalg.solve(xc.T @ xc, sxy) @ np.linalg.solve(yc.T @ yc, sxy.T)
+    rho2 = np.sort(np.linalg.eigvals(product).real)[::-1][: min(x.shape[1], y.shape[1])]
+    assert abs(similarity(x, y, "mean_cca") - np.sqrt(rho2.clip(0)).mean()) <= TOL
+    assert abs(similarity(x, y, "mean_cca_sq") - rho2.mean()) <= TOL
+
+
+def test_linear_cka_matches_gram_form_to_1e12():
+    x, y = CASES["correlated"]
+    assert abs(similarity(x, y, "linear_cka") - _cka(x @ x.T, y @ y.T, _hsic_biased)) <= 1e-12
