@@ -112,23 +112,44 @@ def _run_config(sweep: SweepSpec, echo: Echo, expected: int):
 
 
 def _grid(sweep: SweepSpec, todo: list[LineagePlan], parents: dict[str, str], experiment_id: str,
-          rev: str, echo: Echo) -> tuple[str, ...]:
-    """One trial per unfinished lineage. A new driver after a crash plans again from the
-    workdir and MLflow, so nothing depends on Tune's experiment state."""
-    from ray import tune
-
-    from trainables.tune_entry import lineage_trainable, trial_name
+          rev: str, echo: Echo, trainable=None) -> tuple[str, ...]:
+    """One trial per unfinished lineage, `chunk_size` lineages per Tuner: Tune's driver keeps
+    every trial of an experiment in memory, so a 10,000-lineage sweep runs as a series of
+    bounded experiments. A new driver after a crash plans again from the workdir and MLflow, so
+    nothing depends on Tune's experiment state. `trainable` replaces the lineage trainable
+    (benchmarks measure the orchestration alone with it)."""
+    from trainables.tune_entry import lineage_trainable
 
     ensure_ray()
     workdir = str(sweep.workdir_path.resolve())
     configs = [{"spec": p.spec.model_dump(mode="json"), "workdir": workdir,
                 "tracking": _tracking(sweep, experiment_id, rev, parents[p.lineage_id])} for p in todo]
+    failed: list[str] = []
+    chunks = range(0, len(configs), sweep.chunk_size)
+    for number, start in enumerate(chunks, start=1):
+        chunk = configs[start : start + sweep.chunk_size]
+        if len(chunks) > 1:
+            echo(f"sweep {sweep.name}: chunk {number}/{len(chunks)} ({len(chunk)} lineages)")
+        failed += _fit_grid(sweep, chunk, trainable or lineage_trainable, echo)
+    return tuple(failed)
+
+
+def _fit_grid(sweep: SweepSpec, configs: list[dict], trainable, echo: Echo) -> tuple[str, ...]:
+    from ray import tune
+
+    from trainables.tune_entry import trial_name
+
     tuner = tune.Tuner(
-        tune.with_resources(lineage_trainable, _resources(sweep)),
+        tune.with_resources(trainable, _resources(sweep)),
         param_space={"lineage": tune.grid_search(configs)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=sweep.max_concurrent,
-                                    trial_name_creator=trial_name, trial_dirname_creator=trial_name),
-        run_config=_run_config(sweep, echo, len(todo)),
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=sweep.max_concurrent, trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+            # Every trial asks for the same resources: a finished trial's worker process (with
+            # torch imported and the dataset cached) takes the next lineage.
+            reuse_actors=True,
+        ),
+        run_config=_run_config(sweep, echo, len(configs)),
     )
     return _failed(tuner.fit())
 
@@ -158,7 +179,7 @@ def _search(sweep: SweepSpec, experiment_id: str, rev: str, echo: Echo) -> tuple
             tune_config=tune.TuneConfig(
                 search_alg=search.searcher(), scheduler=search.scheduler(), num_samples=search.num_samples,
                 max_concurrent_trials=sweep.max_concurrent, trial_name_creator=trial_name,
-                trial_dirname_creator=trial_name,
+                trial_dirname_creator=trial_name, reuse_actors=True,
             ),
             run_config=_run_config(sweep, echo, search.num_samples),
         )

@@ -19,7 +19,7 @@ from orchestrator.search import SearchSpec
 from trainables.specs import LineageSpec, PruneSpec, TrainSpec, with_overrides
 
 SWEEP_KEYS = ("name", "workdir", "storage_path", "tracking_uri", "resources", "max_concurrent",
-              "max_failures", "grid", "search", "analysis", "smoke")
+              "max_failures", "chunk_size", "grid", "search", "analysis", "smoke")
 
 
 class SpecError(ValueError):
@@ -50,6 +50,9 @@ class SweepSpec(BaseModel):
     resources: Resources = Field(Resources(), description="Resources of one lineage trial.")
     max_concurrent: int | None = Field(None, ge=1, description="Lineages running at once (default: as resources allow).")
     max_failures: int = Field(2, ge=0, description="Retries of a failed lineage trial.")
+    chunk_size: int = Field(
+        500, ge=1, description="Lineages per Tune experiment: bounds the driver's memory on huge sweeps."
+    )
     # Axes are checked by validate_sweep (each a non-empty list), with the lineage fields they set.
     grid: dict[str, Any] = Field({}, description="Dotted lineage field -> list of values; the cartesian product.")
     search: SearchSpec | None = Field(None, description="Optuna search over lineage fields (instead of a grid).")

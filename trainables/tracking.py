@@ -125,10 +125,17 @@ def find_level_runs(client: MlflowClient, lineage: str, experiment_ids: list[str
     return by_level
 
 
-def log_level(client: MlflowClient, ref: TrackingRef, result, *, tags: Mapping[str, str]) -> str:
+def log_level(client: MlflowClient, ref: TrackingRef, result, *, tags: Mapping[str, str],
+              known: Mapping[int, Any] | None = None) -> str:
     """Record one level (a `trainables.lineage.LevelResult`) as a FINISHED child run with its
-    metrics and the checkpoint as artifact `checkpoint/`. A level already FINISHED is left alone."""
-    existing = find_level_runs(client, result.lineage_id, [ref.experiment_id]).get(result.level)
+    metrics and the checkpoint as artifact `checkpoint/`. A level already FINISHED is left alone.
+
+    known: the lineage's level runs as `find_level_runs` returned them when the trial started;
+        saves one search per level (SQLite searches cost seconds on a busy store).
+    """
+    if known is None:
+        known = find_level_runs(client, result.lineage_id, [ref.experiment_id])
+    existing = known.get(result.level)
     if existing is not None and existing.info.status == "FINISHED":
         return existing.info.run_id
     if existing is None:

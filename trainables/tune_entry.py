@@ -17,7 +17,9 @@ from ray import tune
 from trainables.ids import lineage_id
 from trainables.lineage import LevelResult, run_lineage
 from trainables.specs import LineageSpec, with_overrides
-from trainables.tracking import TAG, TrackingRef, ensure_parent_run, lineage_tags, log_level, set_lineage_status
+from trainables.tracking import (
+    TAG, TrackingRef, ensure_parent_run, find_level_runs, lineage_tags, log_level, set_lineage_status,
+)
 
 
 def trial_spec(config: dict[str, Any]) -> LineageSpec:
@@ -51,9 +53,11 @@ def lineage_trainable(config: dict[str, Any]) -> None:
     tags = {k: v for k, v in lineage_tags(spec, ref.code_rev).items() if k != f"{TAG}kind"}
     set_lineage_status(client, ref.parent_run_id, "RUNNING")
     n_levels = spec.prune.n_levels + 1
+    # Level runs that already exist (a resumed lineage); levels logged from here on are new.
+    known = find_level_runs(client, lineage_id(spec), [ref.experiment_id])
 
     def on_level(result: LevelResult) -> None:
-        log_level(client, ref, result, tags=tags)
+        log_level(client, ref, result, tags=tags, known=known)
         metrics = {"level": result.level, "n_levels": n_levels, "resumed": result.resumed,
                    "lineage_id": result.lineage_id, **result.metrics}
         with tempfile.TemporaryDirectory() as tmp:
