@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC)' | tr -c 'A-Za-z0-9.\n' '_')
 PYTEST_ARGS ?=
 
+SWEEPS := $(wildcard sweeps/*.yaml)
+
 .PHONY: demo test unit integration smoke bench clean install
 
 $(VENV)/bin/python:
@@ -33,6 +35,22 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	$(PY) -m pytest tests -m integration $(PYTEST_ARGS)
+
+# Every shipped sweep's offline smoke twin, end to end (run, analyze, report), under runs/smoke/.
+smoke: $(STAMP)
+	@set -e; for f in $(SWEEPS); do \
+	  name=$$(basename $$f .yaml); echo "== $$name"; \
+	  for verb in run analyze report; do \
+	    $(VENV)/bin/impsweep $$verb $$f --smoke --set workdir=runs/smoke/$$name; \
+	  done; \
+	done
+
+# Performance targets live here, never in `make test`; each writes benchmarks/results/*.json.
+bench: $(STAMP)
+	$(PY) benchmarks/similarity_bench.py
+	$(PY) benchmarks/train_bench.py
+	$(PY) benchmarks/fused_bench.py
+	$(PY) benchmarks/orchestration_bench.py
 
 clean:
 	rm -rf runs .pytest_cache
