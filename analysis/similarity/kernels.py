@@ -121,6 +121,11 @@ def evaluate(info: MeasureInfo, options: Mapping[str, Any], rows: Sequence[Sketc
     if info.family == "cka":
         forward = torch.where(torch.from_numpy(ok), forward, float("nan"))
         backward = forward.clone()
+    else:
+        failed = ok & np.isnan(forward.numpy())
+        if same:  # only the upper triangle was computed
+            failed = np.triu(failed) | np.triu(failed).T
+        status = np.where(failed, "linalg_error", status)
     if same:
         upper = torch.triu(torch.ones_like(forward, dtype=torch.bool))
         forward = torch.where(upper, forward, backward.T)
@@ -181,13 +186,30 @@ def _pair_tile(info: MeasureInfo, options: Mapping[str, Any], rows: Sequence[Ske
             product[row_at[row_pos[i]]:row_at[row_pos[i] + 1],
                     col_at[col_pos[j]]:col_at[col_pos[j] + 1]] for i, j in group])
         sides = [(rows[i], cols[j]) for i, j in group]
-        parts = map_chunks(lambda a, b: pair_values(info, options, blocks[a:b], sides[a:b]),
+        parts = map_chunks(lambda a, b: _guarded(info, options, blocks[a:b], sides[a:b]),
                            len(group), blocks.device)
         fwd = torch.cat([part[0] for part in parts])
         bwd = torch.cat([part[1] for part in parts])
         index = tuple(torch.tensor(axis) for axis in zip(*group))
         forward[index] = fwd.cpu()
         backward[index] = bwd.cpu()
+
+
+def _guarded(info: MeasureInfo, options: Mapping[str, Any], blocks: torch.Tensor,
+             sides: Sequence[tuple[Sketch, Sketch]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """pair_values, retried pair by pair if a decomposition fails to converge; a pair that
+    still fails is NaN (status "linalg_error") rather than an exception out of the batch."""
+    try:
+        return pair_values(info, options, blocks, sides)
+    except torch.linalg.LinAlgError:
+        values = []
+        for k in range(blocks.shape[0]):
+            try:
+                values.append(pair_values(info, options, blocks[k:k + 1], sides[k:k + 1]))
+            except torch.linalg.LinAlgError:
+                nan = blocks.new_full((1,), float("nan"))
+                values.append((nan, nan))
+        return torch.cat([v[0] for v in values]), torch.cat([v[1] for v in values])
 
 
 def pair_values(info: MeasureInfo, options: Mapping[str, Any], blocks: torch.Tensor,

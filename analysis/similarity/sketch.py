@@ -156,9 +156,13 @@ def _cka_result(n: int, factor: torch.Tensor, norm_sq: float,
 
 def build_sketch(z: torch.Tensor, info: MeasureInfo, options: Mapping[str, Any],
                  form: str = "gram") -> Sketch:
-    """The sketch of one reduced representation z: [n, p] for measure `info`."""
-    if info.family == "cca":
-        return cca_sketch(z, info, options)
-    if info.family == "nbs":
-        return nbs_sketch(z)
-    return cka_sketch(z, info, options, form)
+    """The sketch of one reduced representation z: [n, p] for measure `info`; an SVD that
+    fails to converge gives status "linalg_error" (null pairs), not an exception."""
+    try:
+        if info.family == "cca":
+            return cca_sketch(z, info, options)
+        if info.family == "nbs":
+            return nbs_sketch(z)
+        return cka_sketch(z, info, options, form)
+    except torch.linalg.LinAlgError:
+        return Sketch(n=z.shape[0], status="linalg_error")

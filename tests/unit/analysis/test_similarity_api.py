@@ -118,3 +118,15 @@ def test_cuda_matches_cpu(name):
     assert (gpu.status == cpu.status).all()
     fast = pairwise(layers, measure=name, device="cuda", precision="fast")
     torch.testing.assert_close(fast.values, cpu.values, atol=1e-4, rtol=0, equal_nan=True)
+
+
+def test_a_failing_decomposition_is_a_null_status_not_an_exception(monkeypatch):
+    from analysis.similarity import spectra
+
+    def fail(blocks):
+        raise torch.linalg.LinAlgError("did not converge")
+    monkeypatch.setattr(spectra, "singular_values", fail)
+    monkeypatch.setattr("analysis.similarity.nbs.singular_values", fail)
+    x, y = _pair(6)
+    result = pairwise([x, y], measure="nbs")
+    assert (result.status == "linalg_error").all() and torch.isnan(result.values).all()
