@@ -95,3 +95,49 @@ def test_killed_trial_is_retried_and_ends_as_if_undisturbed(tmp_path, ray_shutdo
     assert outcome.failed == ()
     assert final_metrics(sweep.resolved_tracking_uri) == final_metrics(reference.resolved_tracking_uri)
     assert _kinds(mlflow_runs(sweep.resolved_tracking_uri)) == ["level"] * 6 + ["lineage"] * 2
+
+
+@pytest.fixture
+def s3_server(tmp_path, monkeypatch):
+    """A local S3-compatible server (moto) on 127.0.0.1 with one bucket; AWS_* point at it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import boto3
+
+    from orchestrator.mlflow_server import free_port
+
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
+        monkeypatch.setenv(key, value)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                boto3.client("s3").create_bucket(Bucket="impsweep-test")
+                break
+            except Exception:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.3)
+        yield boto3.client("s3")
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
+
+
+def test_ray_storage_on_s3(tmp_path, s3_server, ray_shutdown):
+    sweep = load_sweep(tiny_sweep(tmp_path / "w", name="ons3", storage_path="s3://impsweep-test/ray"))
+    outcome = run_sweep(sweep, echo=lambda _: None)
+    assert outcome.failed == ()
+    keys = [o["Key"] for page in s3_server.get_paginator("list_objects_v2").paginate(Bucket="impsweep-test")
+            for o in page.get("Contents", [])]
+    lineage_ids = {p.lineage_id for p in plan_sweep(sweep)}
+    trial_dirs = {k.split("/")[2] for k in keys if k.startswith("ray/ons3/") and k.count("/") > 2}
+    assert lineage_ids <= trial_dirs  # trial folders on S3, named by lineage
+    assert any(k.endswith("pointer.json") for k in keys)
+    assert _kinds(mlflow_runs(sweep.resolved_tracking_uri)) == ["level"] * 6 + ["lineage"] * 2
