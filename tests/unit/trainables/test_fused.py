@@ -1,0 +1,189 @@
+"""run_bundle: fused lineages equal separate ones, resume, modes, bundle checks; the stacked optimizer."""
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+from torch import nn
+
+from trainables import lineage_id, load_checkpoint, run_lineage
+from trainables import checkpoints as ckpt
+from trainables.fused import check_mode, run_bundle
+from trainables.loop import make_optimizer
+from trainables.masks import apply_masks, zero_pruned_state
+from trainables.specs import TrainSpec
+from trainables.stacked import StackedModel, StackedOptimizer, structure_of
+
+WEIGHT_RTOL = 1e-5  # of the largest |value| of each tensor
+
+
+def _digest(state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _max_rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    worst = 0.0
+    for name, x in a.items():
+        if x.is_floating_point():
+            x, y = x.double(), b[name].double()
+            worst = max(worst, float((x - y).abs().max() / x.abs().max().clamp_min(1e-30)))
+    return worst
+
+
+def _assert_same_as_separate(separate, fused) -> None:
+    assert [r.lineage_id for r in separate] == [r.lineage_id for r in fused]
+    for a, b in zip(separate, fused):
+        assert [lv.level for lv in a.levels] == [lv.level for lv in b.levels]
+        for la, lb in zip(a.levels, b.levels):
+            ca, cb = load_checkpoint(la.checkpoint_dir), load_checkpoint(lb.checkpoint_dir)
+            assert (ca.fused, cb.fused) == (False, True)
+            assert _digest(ca.masks) == _digest(cb.masks), f"masks of {lb.checkpoint_id} differ"
+            assert _max_rel_diff(ca.model, cb.model) <= WEIGHT_RTOL, lb.checkpoint_id
+            int_buffers = {n for n, t in ca.model.items() if not t.is_floating_point()}  # num_batches_tracked
+            assert all(torch.equal(ca.model[n], cb.model[n]) for n in int_buffers)
+            assert lb.metrics["test_acc"] == la.metrics["test_acc"]
+            assert lb.metrics["sparsity"] == la.metrics["sparsity"]
+            assert lb.metrics["train_loss"] == pytest.approx(la.metrics["train_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"model": "fcn", "model_options": {"widths": [32, 16], "batchnorm": True}},
+], ids=["lenet_300_100", "fcn_batchnorm"])
+def test_bundle_equals_separate_lineages(tiny_spec, tmp_path, overrides):
+    specs = [tiny_spec(seed=seed, **overrides) for seed in range(3)]
+    separate = [run_lineage(spec, workdir=tmp_path / "separate") for spec in specs]
+    calls = []
+    fused = run_bundle(specs, workdir=tmp_path / "fused", on_level=lambda r: calls.append((r.level, r.lineage_id)))
+    _assert_same_as_separate(separate, fused)
+    assert calls == [(level, r.lineage_id) for level in range(3) for r in fused]
+
+
+def test_bundle_equals_separate_with_gradual_ramp_and_schedule(tiny_spec, tmp_path):
+    specs = [tiny_spec(seed=seed, train={"nesterov": True, "weight_decay": 5e-4, "lr_schedule": "cosine"},
+                       prune={"schedule": "gradual", "targets": [0.6], "gradual_every_steps": 3}) for seed in (4, 7)]
+    separate = [run_lineage(spec, workdir=tmp_path / "separate") for spec in specs]
+    _assert_same_as_separate(separate, run_bundle(specs, workdir=tmp_path / "fused"))
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_at(level: int, epoch: int):
+    def callback(at_level: int, at_epoch: int) -> None:
+        if (at_level, at_epoch) == (level, epoch):
+            raise _Stop
+    return callback
+
+
+def test_resume_mid_level_is_bit_identical(tiny_spec, tmp_path):
+    specs = [tiny_spec(seed=seed) for seed in (0, 1)]
+    whole = run_bundle(specs, workdir=tmp_path / "whole")
+    with pytest.raises(_Stop):
+        run_bundle(specs, workdir=tmp_path / "cut", on_epoch=_stop_at(1, 1))
+    resumed = run_bundle(specs, workdir=tmp_path / "cut")
+    for a, b in zip(whole, resumed):
+        assert [lv.resumed for lv in b.levels] == [True, False, False]
+        for la, lb in zip(a.levels, b.levels):
+            ca, cb = load_checkpoint(la.checkpoint_dir), load_checkpoint(lb.checkpoint_dir)
+            assert _digest(ca.model) == _digest(cb.model) and _digest(ca.masks) == _digest(cb.masks)
+            assert lb.metrics["test_acc"] == la.metrics["test_acc"]
+
+
+def test_a_lagging_lineage_catches_up(tiny_spec, tmp_path):
+    specs = [tiny_spec(seed=seed) for seed in (0, 1)]
+    whole = run_bundle(specs, workdir=tmp_path / "whole")
+    with pytest.raises(_Stop):
+        run_bundle(specs, workdir=tmp_path / "cut", on_epoch=_stop_at(1, 1))
+    # As if the process died after writing the first lineage's progress but before the second's.
+    (ckpt.lineage_dir(tmp_path / "cut", whole[1].lineage_id) / "progress.pt").unlink()
+    resumed = run_bundle(specs, workdir=tmp_path / "cut")
+    for a, b in zip(whole, resumed):
+        last_a, last_b = load_checkpoint(a.levels[-1].checkpoint_dir), load_checkpoint(b.levels[-1].checkpoint_dir)
+        assert _digest(last_a.masks) == _digest(last_b.masks)
+        assert _max_rel_diff(last_a.model, last_b.model) <= WEIGHT_RTOL
+
+
+def test_a_lineage_resumes_only_in_its_own_mode(tiny_spec, tmp_path):
+    unfused, fused = tiny_spec(seed=0), tiny_spec(seed=1)
+    with pytest.raises(_Stop):
+        run_lineage(unfused, workdir=tmp_path, on_epoch=_stop_at(0, 1))  # leaves an unfused progress.pt
+    with pytest.raises(ValueError, match=f"lineage {lineage_id(unfused)} was not trained fused .*progress.pt"):
+        run_bundle([fused, unfused], workdir=tmp_path)
+    run_lineage(unfused, workdir=tmp_path)  # complete levels say fused: False
+    with pytest.raises(ValueError, match="L00/state.pt says fused: False"):
+        run_bundle([unfused], workdir=tmp_path)
+    done = run_bundle([fused], workdir=tmp_path)
+    # The check run_lineage needs before resuming: a fused lineage is not continued unfused.
+    with pytest.raises(ValueError, match=f"lineage {done[0].lineage_id} was not trained unfused"):
+        check_mode(tmp_path, done[0].lineage_id, fused=False)
+
+
+@pytest.mark.parametrize("others,match", [
+    ({"train": {"lr": 0.01}}, r"specs\[1\].train.lr=0.01 differs from specs\[0\].train.lr=0.05"),
+    ({"model": "fcn"}, r"specs\[1\].model='fcn' differs from specs\[0\].model='lenet_300_100'"),
+    ({"prune": {"control": "random_prune"}}, r"specs\[1\].prune.control='random_prune'"),
+    ({"seed": 0}, r"specs\[1\].seed=0 repeats specs\[0\].seed"),
+])
+def test_specs_that_cannot_share_a_bundle_are_refused(tiny_spec, tmp_path, others, match):
+    with pytest.raises(ValueError, match=match):
+        run_bundle([tiny_spec(seed=0), tiny_spec(**{"seed": 1, **others})], workdir=tmp_path)
+    assert not (tmp_path / "lineages").exists()
+
+
+def test_an_empty_bundle_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="at least one lineage spec"):
+        run_bundle([], workdir=tmp_path)
+
+
+@pytest.mark.parametrize("train", [
+    TrainSpec(lr=0.1, momentum=0.9),
+    TrainSpec(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4),
+    TrainSpec(lr=0.1, momentum=0.0, weight_decay=1e-3),
+    TrainSpec(optimizer="adam", lr=1e-3, weight_decay=1e-4),
+], ids=["sgd", "nesterov_wd", "plain_sgd", "adam"])
+def test_stacked_optimizer_is_torch_optim_bit_for_bit(train):
+    """Given the same gradients, each lineage of the stack gets torch.optim's step plus masking exactly,
+    with per-lineage learning rates, and the same state_dict."""
+    torch.manual_seed(0)
+    n = 3
+
+    def net() -> nn.Module:
+        return nn.Sequential(nn.Linear(37, 19), nn.ReLU(), nn.Linear(19, 5))
+
+    models, refs = [net() for _ in range(n)], [net() for _ in range(n)]
+    for ref, model in zip(refs, models):
+        ref.load_state_dict(model.state_dict())
+    masks = [{name: torch.rand_like(p) > 0.3 for name, p in m.named_parameters() if p.ndim == 2} for m in models]
+    optimizers = [make_optimizer(ref, train) for ref in refs]
+    stack = StackedModel(models, structure_of(models[0]))
+    group = make_optimizer(models[0], train).state_dict()["param_groups"][0]
+    stacked = StackedOptimizer(stack.params, train.optimizer, group, [None] * n)
+    stacked.set_masks(masks)
+    for step in range(4):
+        lrs = [train.lr * (step + 1) * (1 + k / 10) for k in range(n)] if step % 2 else [train.lr] * n
+        grads = {name: torch.randn_like(p) for name, p in stack.params.items()}
+        for name, p in stack.params.items():
+            p.grad = grads[name].clone()
+        stacked.step(lrs)
+        for k, (ref, optimizer) in enumerate(zip(refs, optimizers)):
+            for name, p in ref.named_parameters():
+                p.grad = grads[name][k].clone()
+            optimizer.param_groups[0]["lr"] = lrs[k]
+            optimizer.step()
+            apply_masks(ref, masks[k])
+            zero_pruned_state(optimizer, ref, masks[k])
+    for k, (ref, model, optimizer) in enumerate(zip(refs, models, optimizers)):
+        assert _digest(ref.state_dict()) == _digest(model.state_dict())  # the module is a view of its slice
+        ours, theirs = stacked.state_dict(k, lrs[k]), optimizer.state_dict()
+        assert ours["param_groups"] == theirs["param_groups"]
+        assert ours["state"].keys() == theirs["state"].keys()
+        for i, entry in theirs["state"].items():
+            assert ours["state"][i].keys() == entry.keys()
+            assert all(torch.equal(ours["state"][i][key], value) for key, value in entry.items())
