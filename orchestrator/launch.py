@@ -122,8 +122,8 @@ def _grid(sweep: SweepSpec, todo: list[LineagePlan], parents: dict[str, str], ex
 
     ensure_ray()
     workdir = str(sweep.workdir_path.resolve())
-    configs = [{"spec": p.spec.model_dump(mode="json"), "workdir": workdir,
-                "tracking": _tracking(sweep, experiment_id, rev, parents[p.lineage_id])} for p in todo]
+    configs = _trial_configs(todo, workdir, {
+        p.lineage_id: _tracking(sweep, experiment_id, rev, parents[p.lineage_id]) for p in todo})
     failed: list[str] = []
     chunks = range(0, len(configs), sweep.chunk_size)
     for number, start in enumerate(chunks, start=1):
@@ -132,6 +132,32 @@ def _grid(sweep: SweepSpec, todo: list[LineagePlan], parents: dict[str, str], ex
             echo(f"sweep {sweep.name}: chunk {number}/{len(chunks)} ({len(chunk)} lineages)")
         failed += _fit_grid(sweep, chunk, trainable or lineage_trainable, echo)
     return tuple(failed)
+
+
+def _trial_configs(todo: list[LineagePlan], workdir: str, tracking: dict[str, dict]) -> list[dict]:
+    """One config per trial: a lineage, or a bundle of `fuse` lineages of one configuration
+    trained fused. A lineage that already has checkpoints resumes in the mode it started in."""
+    from trainables.fused import check_mode
+
+    singles, groups = [], {}
+    for plan in todo:
+        item = {"lineage_id": plan.lineage_id, "spec": plan.spec.model_dump(mode="json"), "workdir": workdir,
+                "tracking": tracking[plan.lineage_id]}
+        if plan.spec.fuse > 1 and _resumable_fused(check_mode, workdir, plan.lineage_id):
+            groups.setdefault((plan.lineage_id.rsplit("-s", 1)[0], plan.spec.fuse), []).append(item)
+        else:
+            singles.append(item)
+    bundles = [{"bundle": items[i : i + fuse]} for (_, fuse), items in groups.items()
+               for i in range(0, len(items), fuse)]
+    return [b if len(b["bundle"]) > 1 else b["bundle"][0] for b in bundles] + singles
+
+
+def _resumable_fused(check_mode, workdir: str, lineage: str) -> bool:
+    try:
+        check_mode(workdir, lineage, fused=True)
+    except ValueError:  # started unfused: it finishes unfused
+        return False
+    return True
 
 
 def _fit_grid(sweep: SweepSpec, configs: list[dict], trainable, echo: Echo) -> tuple[str, ...]:
@@ -192,4 +218,12 @@ def _resources(sweep: SweepSpec) -> dict[str, float]:
 
 
 def _failed(results) -> tuple[str, ...]:
-    return tuple(str(r.metrics.get("lineage_id") or r.path) for r in results if r.error is not None)
+    """Lineage ids of the trials that failed after every retry (all lineages of a bundle)."""
+    failed = []
+    for result in results:
+        if result.error is None:
+            continue
+        lineage = (result.config or {}).get("lineage", {})
+        ids = [item["lineage_id"] for item in lineage.get("bundle", [])]
+        failed += ids or [str(lineage.get("lineage_id") or result.metrics.get("lineage_id") or result.path)]
+    return tuple(failed)

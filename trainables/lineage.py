@@ -133,8 +133,11 @@ def run_lineage(
     Two processes given the same lineage (two sweeps, or a search proposing a point twice) take
     turns on a file lock: the second one reads back what the first computed.
     """
+    from trainables.fused import check_mode  # fused builds on this module
+
     root = ckpt.lineage_dir(workdir, lineage_id(spec))
     with ckpt.exclusive_lock(root / ".lock"):
+        check_mode(workdir, lineage_id(spec), fused=False)
         run = _Run(spec, Path(workdir), resolve_device(device), on_epoch)
         results = []
         for plan in level_plans(spec, run.steps_per_epoch):

@@ -31,7 +31,11 @@ def trial_spec(config: dict[str, Any]) -> LineageSpec:
 
 
 def trial_name(trial) -> str:
-    """Trial folders are named by lineage id (a search trial's id is known once it is sampled)."""
+    """Trial folders are named by lineage id (a search trial's id is known once it is sampled;
+    a bundle is named by its first lineage and its size)."""
+    bundle = trial.config["lineage"].get("bundle")
+    if bundle:
+        return f"{bundle[0]['lineage_id']}-x{len(bundle)}"
     try:
         return lineage_id(trial_spec(trial.config))
     except Exception:  # an invalid sample: the trial will fail with the validation error
@@ -40,37 +44,65 @@ def trial_name(trial) -> str:
 
 def lineage_trainable(config: dict[str, Any]) -> None:
     """config["lineage"]: {"spec" | "base", "workdir", "tracking": TrackingRef fields (the
-    parent run id only when the driver created it)}; config["sample"]: sampled dotted fields."""
+    parent run id only when the driver created it)}; config["sample"]: sampled dotted fields.
+    Or config["lineage"]["bundle"]: a list of such lineage configs trained fused."""
+    if "bundle" in config["lineage"]:
+        return _bundle_trainable(config["lineage"]["bundle"])
     spec = trial_spec(config)
     lineage = config["lineage"]
     tracking = dict(lineage["tracking"])
-    client = MlflowClient(tracking["tracking_uri"])
     if not tracking.get("parent_run_id"):
         tracking["parent_run_id"] = ensure_parent_run(
-            client, tracking["experiment_id"], spec, sweep=tracking["sweep"], code_rev=tracking["code_rev"]
+            MlflowClient(tracking["tracking_uri"]), tracking["experiment_id"], spec,
+            sweep=tracking["sweep"], code_rev=tracking["code_rev"],
         )
-    ref = TrackingRef(**tracking)
-    tags = {k: v for k, v in lineage_tags(spec, ref.code_rev).items() if k != f"{TAG}kind"}
-    set_lineage_status(client, ref.parent_run_id, "RUNNING")
-    n_levels = spec.prune.n_levels + 1
-    # Level runs that already exist (a resumed lineage); levels logged from here on are new.
-    known = find_level_runs(client, lineage_id(spec), [ref.experiment_id])
+    recorder = _Recorder(spec, tracking)
+    try:
+        run_lineage(spec, workdir=lineage["workdir"], device=spec.device, on_level=recorder.level)
+    except BaseException:
+        recorder.finish("FAILED")
+        raise
+    recorder.finish("FINISHED")
 
-    def on_level(result: LevelResult) -> None:
-        log_level(client, ref, result, tags=tags, known=known)
-        metrics = {"level": result.level, "n_levels": n_levels, "resumed": result.resumed,
+
+class _Recorder:
+    """MLflow and Tune reporting of one lineage's levels (shared by single and fused trials)."""
+
+    def __init__(self, spec: LineageSpec, tracking: dict[str, str]):
+        self.client = MlflowClient(tracking["tracking_uri"])
+        self.ref = TrackingRef(**tracking)
+        self.tags = {k: v for k, v in lineage_tags(spec, self.ref.code_rev).items() if k != f"{TAG}kind"}
+        self.known = find_level_runs(self.client, lineage_id(spec), [self.ref.experiment_id])
+        self.n_levels = spec.prune.n_levels + 1
+        set_lineage_status(self.client, self.ref.parent_run_id, "RUNNING")
+
+    def level(self, result: LevelResult) -> None:
+        log_level(self.client, self.ref, result, tags=self.tags, known=self.known)
+        metrics = {"level": result.level, "n_levels": self.n_levels, "resumed": result.resumed,
                    "lineage_id": result.lineage_id, **result.metrics}
         with tempfile.TemporaryDirectory() as tmp:
-            # The level's weights stay in the lineage folder (and MLflow); Tune's checkpoint is a
-            # small pointer to it, so a 1,000-lineage sweep does not copy every level twice.
             pointer = {"lineage_id": result.lineage_id, "level": result.level,
                        "checkpoint_id": result.checkpoint_id, "path": str(result.checkpoint_dir)}
             Path(tmp, "pointer.json").write_text(json.dumps(pointer))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
+    def finish(self, status: str) -> None:
+        set_lineage_status(self.client, self.ref.parent_run_id, status)
+
+
+def _bundle_trainable(bundle: list[dict[str, Any]]) -> None:
+    """K lineages of one configuration trained as one stacked model; each keeps its own MLflow
+    runs, checkpoints and resume."""
+    from trainables.fused import run_bundle
+
+    specs = [LineageSpec.model_validate(item["spec"]) for item in bundle]
+    recorders = {lineage_id(s): _Recorder(s, item["tracking"]) for s, item in zip(specs, bundle)}
     try:
-        run_lineage(spec, workdir=lineage["workdir"], device=spec.device, on_level=on_level)
+        run_bundle(specs, workdir=bundle[0]["workdir"], device=specs[0].device,
+                   on_level=lambda result: recorders[result.lineage_id].level(result))
     except BaseException:
-        set_lineage_status(client, ref.parent_run_id, "FAILED")
+        for recorder in recorders.values():
+            recorder.finish("FAILED")
         raise
-    set_lineage_status(client, ref.parent_run_id, "FINISHED")
+    for recorder in recorders.values():
+        recorder.finish("FINISHED")

@@ -141,3 +141,23 @@ def test_ray_storage_on_s3(tmp_path, s3_server, ray_shutdown):
     assert lineage_ids <= trial_dirs  # trial folders on S3, named by lineage
     assert any(k.endswith("pointer.json") for k in keys)
     assert _kinds(mlflow_runs(sweep.resolved_tracking_uri)) == ["level"] * 6 + ["lineage"] * 2
+
+
+def test_fused_bundle_keeps_per_lineage_records(tmp_path, ray_shutdown):
+    from trainables import load_checkpoint
+
+    sweep = load_sweep(tiny_sweep(tmp_path / "w", name="fused", fuse=2))
+    lines: list[str] = []
+    outcome = run_sweep(sweep, echo=lines.append)
+    assert outcome.failed == ()
+    assert any("[2/2 done" in line for line in lines)
+    runs = mlflow_runs(sweep.resolved_tracking_uri)
+    assert _kinds(runs) == ["level"] * 6 + ["lineage"] * 2
+    plans = plan_sweep(sweep)
+    assert all(p.state == "done" for p in plans)
+    for plan in plans:
+        for level in range(3):
+            stored = load_checkpoint(sweep.workdir_path / "lineages" / plan.lineage_id / f"L{level:02d}")
+            assert stored.fused
+    trial_dirs = {p.name for p in (sweep.workdir_path / "ray" / "fused").iterdir() if p.is_dir()}
+    assert f"{plans[0].lineage_id}-x2" in trial_dirs  # one Ray trial for the bundle
