@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import torch
 
 from analysis.extract import CheckpointExtractor, products
 from analysis.catalog import build_catalog
@@ -189,7 +188,7 @@ class _TileWriter:
         return {"rows": [self._tile(json.loads(str(t))) for t in batch["tile"]]}
 
     def _tile(self, data: dict) -> int:
-        from analysis.similarity import pairwise, resolve_conv
+        from analysis.similarity import pairwise
 
         a = tuple(Rep(**r) for r in data["a"])
         b = tuple(Rep(**r) for r in data["b"])
@@ -198,9 +197,11 @@ class _TileWriter:
         ys = xs if a == b else [np.load(r.path) for r in b]
         options = self.spec.options.get(self.measure, {})
         result = pairwise(xs, None if a == b else ys, measure=self.measure, conv=self.spec.conv, **options)
-        conv_mode = resolve_conv(self.measure, self.spec.conv) if xs[0].ndim == 4 else "none"
-        a_dims = [effective_dim(x, conv_mode) for x in xs]
-        b_dims = a_dims if a == b else [effective_dim(y, conv_mode) for y in ys]
+        conv_mode = result.conv if xs[0].ndim == 4 else "none"
+        # The CCA family reports the ranks it used; for the others the effective dimension is
+        # the number of units that vary over the probe set (dead units excluded).
+        a_live = [live_units(x) for x in xs]
+        b_live = a_live if a == b else [live_units(y) for y in ys]
         rows = []
         for i, j in tile.pairs:
             value = float(result.values[i, j])
@@ -211,7 +212,8 @@ class _TileWriter:
                 "b_checkpoint_id": b[j].checkpoint_id, "b_lineage_id": b[j].lineage_id, "b_level": b[j].level,
                 "b_layer": b[j].layer,
                 "value": None if np.isnan(value) else value, "n_examples": int(xs[0].shape[0]),
-                "a_dim": a_dims[i], "b_dim": b_dims[j], "conv_mode": conv_mode,
+                "a_dim": _dim(result.a_dim[i, j], a_live[i]), "b_dim": _dim(result.b_dim[i, j], b_live[j]),
+                "conv_mode": conv_mode,
                 "options": json.dumps(options, sort_keys=True), "status": str(result.status[i, j]),
             })
         path = similarity_dir(self.workdir, self.measure) / f"part-{self.aid}-{tile.tile_id}.parquet"
@@ -219,14 +221,12 @@ class _TileWriter:
         return len(rows)
 
 
-def effective_dim(x: np.ndarray, conv_mode: str) -> int:
-    """Numerical rank of the centred representation (SIMILARITY.md's rank rule)."""
-    from analysis.similarity.inputs import to_matrix
+def live_units(x: np.ndarray) -> int:
+    """Units (features; channels of conv maps) whose activation varies over the probe set."""
+    flat = x.reshape(len(x), x.shape[1], -1) if x.ndim == 4 else x.reshape(len(x), -1)
+    spread = flat.max(axis=0) - flat.min(axis=0)
+    return int((spread.reshape(spread.shape[0], -1).max(axis=1) > 0).sum())
 
-    t = torch.as_tensor(x, dtype=torch.float64)
-    m = to_matrix(t, conv_mode) if t.ndim == 4 else t.reshape(len(t), -1)
-    m = m - m.mean(0, keepdim=True)
-    s = torch.linalg.svdvals(m)
-    if s.numel() == 0 or s[0] == 0:
-        return 0
-    return int((s > max(m.shape) * torch.finfo(torch.float64).eps * s[0]).sum())
+
+def _dim(reported: int, live: int) -> int:
+    return int(reported) if reported >= 0 else live
