@@ -39,6 +39,17 @@ def final_metrics(tracking_uri: str) -> dict[str, dict[str, float]]:
     return out
 
 
+def reference_metrics(sweep, workdir) -> dict[str, dict[str, float]]:
+    """The undisturbed result: every lineage of `sweep` run straight through, without Ray."""
+    from trainables import run_lineage
+
+    out = {}
+    for spec in sweep.lineages:
+        for level in run_lineage(spec, workdir=workdir).levels:
+            out[level.checkpoint_id] = {k: v for k, v in level.metrics.items() if k != "wall_s"}
+    return out
+
+
 @pytest.fixture
 def ray_shutdown():
     import ray

@@ -13,22 +13,12 @@ import pytest
 import yaml
 
 from orchestrator import load_sweep, plan_sweep, run_sweep
-from tests.integration.conftest import final_metrics, mlflow_runs, tiny_sweep
-from trainables import run_lineage
+from tests.integration.conftest import final_metrics, mlflow_runs, reference_metrics, tiny_sweep
 from trainables.checkpoints import complete_levels
 
 pytestmark = pytest.mark.integration
 
 TRAIN = {"lr": 0.05, "batch_size": 128, "epochs": 6}
-
-
-def reference_metrics(sweep, workdir) -> dict[str, dict[str, float]]:
-    """The undisturbed result: every lineage run straight through, without Ray."""
-    out = {}
-    for spec in sweep.lineages:
-        for level in run_lineage(spec, workdir=workdir).levels:
-            out[level.checkpoint_id] = {k: v for k, v in level.metrics.items() if k != "wall_s"}
-    return out
 
 
 def _levels_done(workdir) -> int:

@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator import load_sweep, plan_sweep, run_sweep
 from orchestrator.mlflow_server import MlflowServer
-from tests.integration.conftest import final_metrics, mlflow_runs, tiny_sweep
+from tests.integration.conftest import final_metrics, mlflow_runs, reference_metrics, tiny_sweep
 from trainables.checkpoints import complete_levels
 
 pytestmark = pytest.mark.integration
@@ -83,8 +83,6 @@ def _kill_a_trial_once(workdir, killed: list) -> None:
 
 
 def test_killed_trial_is_retried_and_ends_as_if_undisturbed(tmp_path, ray_shutdown):
-    reference = load_sweep(tiny_sweep(tmp_path / "ref", train={"lr": 0.05, "batch_size": 128, "epochs": 6}))
-    run_sweep(reference, echo=lambda _: None)
     sweep = load_sweep(tiny_sweep(tmp_path / "cut", train={"lr": 0.05, "batch_size": 128, "epochs": 6}))
     killed: list[int] = []
     killer = threading.Thread(target=_kill_a_trial_once, args=(sweep.workdir_path, killed), daemon=True)
@@ -93,7 +91,7 @@ def test_killed_trial_is_retried_and_ends_as_if_undisturbed(tmp_path, ray_shutdo
     killer.join(timeout=1)
     assert killed, "no trial worker was found to kill"
     assert outcome.failed == ()
-    assert final_metrics(sweep.resolved_tracking_uri) == final_metrics(reference.resolved_tracking_uri)
+    assert final_metrics(sweep.resolved_tracking_uri) == reference_metrics(sweep, tmp_path / "ref")
     assert _kinds(mlflow_runs(sweep.resolved_tracking_uri)) == ["level"] * 6 + ["lineage"] * 2
 
 
