@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from analysis.specs import AnalysisSpec
 from orchestrator.search import SearchSpec
-from trainables.specs import LineageSpec, PruneSpec, TrainSpec, with_overrides
+from trainables.specs import LineageSpec, with_overrides
 
 SWEEP_KEYS = ("name", "workdir", "storage_path", "tracking_uri", "resources", "max_concurrent",
               "max_failures", "chunk_size", "grid", "search", "analysis", "smoke")

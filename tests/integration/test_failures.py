@@ -1,7 +1,6 @@
 """Failures a long sweep meets: its driver killed mid-sweep, a worker node lost."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
