@@ -37,7 +37,7 @@ from trainables.schedules import LevelPlan, level_plans
 from trainables.specs import RUNTIME_FIELDS, LineageSpec
 from trainables.stacked import StackedModel, StackedOptimizer, own_state, structure_of
 
-__all__ = ["check_bundle", "check_mode", "run_bundle"]
+__all__ = ["check_bundle", "check_mode", "run_bundle", "trained_mode"]
 
 PROGRESS_FILE = "progress.pt"
 
@@ -108,20 +108,31 @@ def check_bundle(specs: Sequence[LineageSpec]) -> None:
                          + "; ".join(errors))
 
 
-def check_mode(workdir: str | os.PathLike, lineage: str, *, fused: bool) -> None:
-    """Raise ValueError if lineage `lineage` has checkpoints trained in the other mode.
+def trained_mode(workdir: str | os.PathLike, lineage: str) -> bool | None:
+    """Whether lineage `lineage` was trained fused (True), unfused (False), or not at all (None).
 
     Level checkpoints record `fused`; a progress checkpoint without the key is the engine's
-    (unfused). A lineage with no checkpoint yet may start in either mode."""
-    want = "fused" if fused else "unfused"
+    (unfused). Raises ValueError if its checkpoints disagree."""
+    modes = {}
     for level in ckpt.complete_levels(workdir, lineage):
         path = ckpt.level_dir(workdir, lineage, level) / ckpt.LEVEL_STATE
-        if bool(ckpt.load_torch(path).get("fused", False)) != fused:
-            raise ValueError(f"lineage {lineage} was not trained {want} ({path} says fused: {not fused}); "
-                             f"a lineage resumes in the mode it started in")
+        modes[path] = bool(ckpt.load_torch(path).get("fused", False))
     progress = ckpt.lineage_dir(workdir, lineage) / PROGRESS_FILE
-    if progress.exists() and bool(ckpt.load_torch(progress).get("fused", False)) != fused:
-        raise ValueError(f"lineage {lineage} was not trained {want} ({progress} says fused: {not fused}); "
+    if progress.exists():
+        modes[progress] = bool(ckpt.load_torch(progress).get("fused", False))
+    if len(set(modes.values())) > 1:
+        raise ValueError(f"lineage {lineage} has checkpoints of both modes: "
+                         + ", ".join(f"{path} fused: {fused}" for path, fused in modes.items()))
+    return next(iter(modes.values()), None)
+
+
+def check_mode(workdir: str | os.PathLike, lineage: str, *, fused: bool) -> None:
+    """Raise ValueError if lineage `lineage` has checkpoints trained in the other mode; a lineage
+    with no checkpoint yet may start in either."""
+    mode = trained_mode(workdir, lineage)
+    if mode is not None and mode != fused:
+        want, was = ("fused", "unfused") if fused else ("unfused", "fused")
+        raise ValueError(f"lineage {lineage} was trained {was} and cannot be resumed {want}: "
                          f"a lineage resumes in the mode it started in")
 
 

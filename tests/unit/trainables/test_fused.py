@@ -9,7 +9,7 @@ from torch import nn
 
 from trainables import lineage_id, load_checkpoint, run_lineage
 from trainables import checkpoints as ckpt
-from trainables.fused import check_mode, run_bundle
+from trainables.fused import check_mode, run_bundle, trained_mode
 from trainables.loop import make_optimizer
 from trainables.masks import apply_masks, zero_pruned_state
 from trainables.specs import TrainSpec
@@ -112,16 +112,20 @@ def test_a_lagging_lineage_catches_up(tiny_spec, tmp_path):
 
 def test_a_lineage_resumes_only_in_its_own_mode(tiny_spec, tmp_path):
     unfused, fused = tiny_spec(seed=0), tiny_spec(seed=1)
+    assert trained_mode(tmp_path, lineage_id(unfused)) is None
     with pytest.raises(_Stop):
         run_lineage(unfused, workdir=tmp_path, on_epoch=_stop_at(0, 1))  # leaves an unfused progress.pt
-    with pytest.raises(ValueError, match=f"lineage {lineage_id(unfused)} was not trained fused .*progress.pt"):
+    assert trained_mode(tmp_path, lineage_id(unfused)) is False
+    refused = f"lineage {lineage_id(unfused)} was trained unfused and cannot be resumed fused"
+    with pytest.raises(ValueError, match=refused):
         run_bundle([fused, unfused], workdir=tmp_path)
-    run_lineage(unfused, workdir=tmp_path)  # complete levels say fused: False
-    with pytest.raises(ValueError, match="L00/state.pt says fused: False"):
+    run_lineage(unfused, workdir=tmp_path)  # now complete levels say fused: False
+    with pytest.raises(ValueError, match="trained unfused and cannot be resumed fused"):
         run_bundle([unfused], workdir=tmp_path)
     done = run_bundle([fused], workdir=tmp_path)
+    assert trained_mode(tmp_path, done[0].lineage_id) is True
     # The check run_lineage needs before resuming: a fused lineage is not continued unfused.
-    with pytest.raises(ValueError, match=f"lineage {done[0].lineage_id} was not trained unfused"):
+    with pytest.raises(ValueError, match=f"{done[0].lineage_id} was trained fused and cannot be resumed unfused"):
         check_mode(tmp_path, done[0].lineage_id, fused=False)
 
 
