@@ -82,7 +82,7 @@ class Case:
 MNIST_SHAPE, CIFAR_SHAPE = (1, 28, 28), (3, 32, 32)
 CASES = {
     "lenet_300_100": Case(MNIST_SHAPE, False, cpu_steps=120, cpu_repeats=5, cuda_steps=400, cuda_repeats=5),
-    "conv4": Case(CIFAR_SHAPE, True, cpu_steps=16, cpu_repeats=3, cuda_steps=400, cuda_repeats=5),
+    "conv4": Case(CIFAR_SHAPE, True, cpu_steps=8, cpu_repeats=3, cuda_steps=400, cuda_repeats=5),
     "resnet20": Case(CIFAR_SHAPE, True, cpu_steps=8, cpu_repeats=3, cuda_steps=400, cuda_repeats=5),
 }
 # impsweep's loop over the baseline, in model-images/s (issue 7).
@@ -346,6 +346,14 @@ def _loadavg() -> list[float] | None:
         return None
 
 
+def _contended(load: list[float] | None, threads: int) -> bool | None:
+    """Whether other work competed for the CPUs when the run started (1-minute load > CPUs):
+    then the timings say more about the machine's load than about the loops."""
+    if load is None:
+        return None
+    return load[0] > max(os.cpu_count() or 1, threads)
+
+
 def table(results: dict) -> str:
     head = (f"{'model':<14} {'B':>4} {'steps':>5} {'impsweep img/s':>15} {'baseline img/s':>15} {'ratio':>6} "
             f"{'target':>6} {'masked/dense':>12} {'<=1.10':>6}")
@@ -369,7 +377,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="steps per timed repeat, rounded to whole epochs (default: per model and device)")
     p.add_argument("--batch-size", type=int, default=TRAIN.batch_size)
     p.add_argument("--repeats", type=int, default=None, help="timed repeats (median reported)")
-    p.add_argument("--warmup", type=int, default=3, help="warm-up steps of every configuration")
+    p.add_argument("--warmup", type=int, default=2, help="warm-up steps of every configuration")
     p.add_argument("--compile", action="store_true", help="torch.compile impsweep's forward (as spec.compile)")
     p.add_argument("--quick", action="store_true", help="a few tiny steps: a smoke test, not a measurement")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/train-<device>.json)")
@@ -400,6 +408,9 @@ def main(argv=None) -> dict:
             warmup = args.warmup
         models[name] = bench_model(name, device=device, steps=steps, repeats=repeats, warmup=warmup,
                                    batch_size=batch_size, compile=args.compile)
+        row = models[name]
+        print(f"{name}: {row['ratio']:.2f}x, masked/dense {row['masked_over_dense']:.3f} "
+              f"({time.perf_counter() - started:.0f} s, load average {_loadavg()})", flush=True)
     results = {
         "benchmark": "train",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -416,6 +427,7 @@ def main(argv=None) -> dict:
         "train": {"optimizer": "sgd", "lr": TRAIN.lr, "momentum": TRAIN.momentum, "weight_decay": TRAIN.weight_decay},
         "loadavg_before": load_before,
         "loadavg_after": _loadavg(),
+        "contended": _contended(load_before, torch.get_num_threads()),
         "wall_s": round(time.perf_counter() - started, 1),
         "models": models,
     }
@@ -423,6 +435,8 @@ def main(argv=None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
+    if results["contended"]:
+        print("WARNING: the machine was loaded when this run started; re-run it on a quiet machine.")
     print(f"wall {results['wall_s']} s, load average {load_before} -> {results['loadavg_after']}; wrote {out}")
     return results
 
