@@ -11,6 +11,9 @@ repeats of the two modes are interleaved (so that a change in machine load hits 
 the median repeat is reported. Reported per case: training images/s of each mode (K lineages x
 levels x epochs x training examples over the wall time) and their ratio, and, as a check, the
 largest relative weight difference and mask equality of the last level, fused vs sequential.
+On a CPU the two modes do the same arithmetic, so fusing saves per-step overhead and parallel
+regions only; with `--threads 1` the comparison is compute-bound, with more threads on a shared
+machine the sequential mode's many small parallel regions suffer most from contention.
 
 Writes benchmarks/results/fused-<device>.json and prints a table.
 
