@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.masks import Masks, apply_masks, zero_pruned_state
+from trainables.fastmask import MaskApplier
+from trainables.masks import Masks
 from trainables.specs import TrainSpec
 
 
@@ -75,6 +76,9 @@ def train_epoch(
     """
     model.train()
     forward = model if forward is None else forward
+    # Masks pre-converted to float once; one fused multiply per step (a bool mask would be
+    # converted on every step, which costs more than the masked step itself on small nets).
+    applier = MaskApplier(model, masks)
     device = next(model.parameters()).device
     total = torch.zeros((), dtype=torch.float64, device=device)
     step = first_step
@@ -86,8 +90,7 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        apply_masks(model, masks)
-        zero_pruned_state(optimizer, model, masks)
+        applier(optimizer)
         total += loss.detach().double()
         step += 1
         if on_step is not None:
