@@ -175,7 +175,7 @@ def _fit_grid(sweep: SweepSpec, configs: list[dict], trainable, echo: Echo) -> t
             # torch imported and the dataset cached) takes the next lineage.
             reuse_actors=True,
         ),
-        run_config=_run_config(sweep, echo, len(configs)),
+        run_config=_run_config(sweep, echo, sum(len(c.get("bundle", [c])) for c in configs)),
     )
     return _failed(tuner.fit())
 
