@@ -138,7 +138,15 @@ def loop_pwcca(x, y):
     (ux, sx, vx), (uy, sy, vy) = _basis(x), _basis(y)
     a, rho, bh = torch.linalg.svd(ux.T @ uy, full_matrices=False)
     vectors, s, vh = (a, sx, vx) if ux.shape[1] <= uy.shape[1] else (bh.T, sy, vy)
-    alpha = (vectors.T @ (s[:, None] * vh)).abs().sum(1)
+    projections = vectors.T @ (s[:, None] * vh)
+    alpha = projections.abs().sum(1)
+    start = 0
+    for i in range(1, len(rho) + 1):  # tied correlations: principal axes of the projections
+        if i == len(rho) or abs(rho[i - 1] - rho[i]) > 1e-8:
+            if i - start > 1:
+                _, values, right_h = torch.linalg.svd(projections[start:i], full_matrices=False)
+                alpha[start:i] = (values[:, None] * right_h).abs().sum(1)
+            start = i
     return (alpha * rho).sum() / alpha.sum()
 
 

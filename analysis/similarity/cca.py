@@ -38,10 +38,41 @@ def mean_cca_sq(blocks: torch.Tensor) -> torch.Tensor:
     return (blocks * blocks).sum(dim=(-2, -1)) / min(blocks.shape[-2:])
 
 
+# Canonical correlations closer than this are tied: their canonical variates are then any
+# orthonormal basis of a common subspace (exactly so when rank(Xc) + rank(Yc) > n and the
+# column spaces intersect, giving correlations of 1), and PWCCA's weights depend on the basis.
+TIE_GAP = 1e-8
+
+
+def _tied_clusters(rho: torch.Tensor) -> list[tuple[int, int]]:
+    """[start, stop) of each run of two or more consecutive tied correlations (rho is
+    non-increasing)."""
+    gaps = (rho[:-1] - rho[1:]).abs() <= TIE_GAP
+    clusters, start = [], None
+    for i, tied in enumerate(gaps.tolist()):
+        if tied and start is None:
+            start = i
+        elif not tied and start is not None:
+            clusters.append((start, i + 1))
+            start = None
+    if start is not None:
+        clusters.append((start, rho.shape[0]))
+    return clusters
+
+
 def _pwcca_value(vectors: torch.Tensor, rho: torch.Tensor, sv: torch.Tensor) -> torch.Tensor:
     """sum alpha_i rho_i / sum alpha_i with alpha_i = sum_j |<h_i, x_j>| = |a_i^T S V^T|_1.
-    vectors: [r, k] canonical weights a_i of the weight side in its basis; sv: [r, p]."""
-    alpha = (vectors.T @ sv).abs().sum(dim=1)
+    vectors: [r, k] canonical weights a_i of the weight side in its basis; sv: [r, p].
+
+    Within a cluster of tied correlations the variates are fixed as the principal axes of the
+    units' projections onto the cluster's subspace (left singular vectors of A_c^T S V^T), a
+    basis-independent choice, so the value does not depend on the solver's arbitrary basis."""
+    k = rho.shape[0]
+    projections = vectors[:, :k].T @ sv
+    alpha = projections.abs().sum(dim=1)
+    for start, stop in _tied_clusters(rho):
+        _, values, right_h = torch.linalg.svd(projections[start:stop], full_matrices=False)
+        alpha[start:stop] = (values[:, None] * right_h).abs().sum(dim=1)
     return (alpha * rho).sum() / alpha.sum()
 
 

@@ -111,7 +111,8 @@ def evaluate(info: MeasureInfo, options: Mapping[str, Any], rows: Sequence[Sketc
         for cols_chunk in col_chunks:
             if same and cols_chunk[-1] < rows_chunk[0]:
                 continue
-            product = _product(left, _stack(cols, cols_chunk), precision)
+            right = left if same and cols_chunk == rows_chunk else _stack(cols, cols_chunk)
+            product = _product(left, right, precision)
             if info.family == "cka":
                 _cka_tile(info, rows, cols, rows_chunk, cols_chunk, product, forward)
             else:
