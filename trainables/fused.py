@@ -2,9 +2,10 @@
 process as one stacked model, each lineage keeping its own folder, checkpoints and results.
 
 Everything per lineage is the engine's own code: `_Run` loads the data, initialises the model
-from the lineage's seed, computes each level's masks and rewinds (`_Run._start_level`), and the
-data order of every epoch is `epoch_batches` with the lineage's epoch seed. Only the training
-step is shared: the K batches of a step are stacked and go through one vmapped forward/backward
+from the lineage's seed, computes each level's masks and rewinds (`_Run._start_level`), writes
+its progress and level checkpoints (`_Run._save_progress`, `_Run._finish_level`), and the data
+order of every epoch is `epoch_batches` with the lineage's epoch seed. Only the training step is
+shared: the K batches of a step are stacked and go through one vmapped forward/backward
 and one masked optimizer step (`trainables.stacked`). On CPU the result equals K separate
 `run_lineage` calls to about 1e-6 relative (batched matrix products round differently), with the
 same masks.
@@ -17,7 +18,6 @@ different epochs (a crash between two lineages' writes) are trained alone until 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -29,17 +29,17 @@ import torch
 
 from trainables import checkpoints as ckpt
 from trainables.data import epoch_batches
-from trainables.ids import checkpoint_id, config_id, lineage_id
-from trainables.lineage import LevelResult, LineageResult, _Run, _seed_of, _to_device, resolve_device
-from trainables.loop import _autocast, evaluate, lr_at, make_optimizer
-from trainables.masks import Masks, sparsity_report
+from trainables.ids import config_id, lineage_id
+from trainables.lineage import (
+    PROGRESS_FILE, LevelResult, LineageResult, _Run, _seed_of, _to_device, resolve_device,
+)
+from trainables.loop import _autocast, make_optimizer
+from trainables.masks import Masks
 from trainables.schedules import LevelPlan, level_plans
 from trainables.specs import RUNTIME_FIELDS, LineageSpec
-from trainables.stacked import StackedModel, StackedOptimizer, own_state, structure_of
+from trainables.stacked import StackedModel, StackedOptimizer, structure_of
 
 __all__ = ["check_bundle", "check_mode", "run_bundle", "trained_mode"]
-
-PROGRESS_FILE = "progress.pt"
 
 
 def run_bundle(
@@ -111,8 +111,8 @@ def check_bundle(specs: Sequence[LineageSpec]) -> None:
 def trained_mode(workdir: str | os.PathLike, lineage: str) -> bool | None:
     """Whether lineage `lineage` was trained fused (True), unfused (False), or not at all (None).
 
-    Level checkpoints record `fused`; a progress checkpoint without the key is the engine's
-    (unfused). Raises ValueError if its checkpoints disagree."""
+    Level and progress checkpoints record `fused`; a progress checkpoint without the key was
+    written unfused (before progress checkpoints recorded it). Raises ValueError if its checkpoints disagree."""
     modes = {}
     for level in ckpt.complete_levels(workdir, lineage):
         path = ckpt.level_dir(workdir, lineage, level) / ckpt.LEVEL_STATE
@@ -155,7 +155,7 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _make_runs(specs: list[LineageSpec], workdir: Path, device: torch.device) -> list[_Run]:
     runs = []
     for spec in specs:
-        run = _Run(spec, workdir, device, None)
+        run = _Run(spec, workdir, device, None, fused=True)
         if runs and run.resident == runs[0].resident:
             # One copy of the data for the bundle (same config, same data): drop this run's own.
             first = runs[0]
@@ -194,7 +194,9 @@ class _Bundle:
             if plan.level in run.done:
                 results[i] = run._read_back(plan.level)
             else:
-                todo.append((i, self._resume_or_start(run, plan)))
+                masks, state = run._resume_or_start(plan)
+                todo.append((i, _Lineage(run, masks, state["epoch"], state["step"], list(state["train_losses"]),
+                                         float(state["wall_s"]), state["optimizer"])))
         lineages = [lin for _, lin in todo]
         while pending := [lin for lin in lineages if lin.epoch < plan.epochs]:
             # Laggards first: the lineages at the earliest epoch train alone until they catch up.
@@ -202,31 +204,15 @@ class _Bundle:
             until = min([lin.epoch for lin in pending if lin.epoch > epoch], default=plan.epochs)
             self._train_together(plan, [lin for lin in pending if lin.epoch == epoch], until)
         for i, lin in todo:
-            results[i] = self._finish(plan, lin)
+            results[i] = lin.run._finish_level(plan, lin.masks, lin.optimizer, step=lin.step,
+                                               losses=lin.train_losses, wall=lin.wall_s)
         return [results[i] for i in active]
-
-    def _resume_or_start(self, run: _Run, plan: LevelPlan) -> _Lineage:
-        progress = run._progress_for(plan.level)
-        if progress is None:
-            return _Lineage(run, run._start_level(plan))
-        run.model.load_state_dict(progress["model"])
-        return _Lineage(run, progress["masks"], progress["epoch"], progress["step"], list(progress["train_losses"]),
-                        float(progress["wall_s"]), progress["optimizer"])
-
-    def _peak_lr(self, plan: LevelPlan) -> float:
-        return plan.lr if plan.lr is not None else self.train.lr
-
-    def _lr(self, plan: LevelPlan, run: _Run, step: int) -> float:
-        # As _Run._train's lr_of_step: a pure function of the lineage's step within the level.
-        peak = self._peak_lr(plan)
-        return peak if plan.constant_lr else lr_at(step, train=self.train, steps_per_epoch=run.steps_per_epoch,
-                                                   peak_lr=peak)
 
     def _train_together(self, plan: LevelPlan, lineages: list[_Lineage], until: int) -> None:
         """Train `lineages` (all at the same epoch and step) as one stack up to epoch `until`."""
         runs = [lin.run for lin in lineages]
         stack = StackedModel([run.model for run in runs], self.structure)
-        group = make_optimizer(runs[0].model, self.train, self._peak_lr(plan)).state_dict()["param_groups"][0]
+        group = make_optimizer(runs[0].model, self.train, runs[0].peak_lr(plan)).state_dict()["param_groups"][0]
         optimizer = StackedOptimizer(stack.params, self.train.optimizer, group, [lin.optimizer for lin in lineages])
         optimizer.set_masks([lin.masks for lin in lineages])
         epoch, step = lineages[0].epoch, lineages[0].step
@@ -238,7 +224,7 @@ class _Bundle:
                 # wall_s is the wall-clock time of the level, which the lineages of a stack share.
                 lin.epoch, lin.step, lin.wall_s = epoch, step, lin.wall_s + wall
                 lin.train_losses.append(losses[k])
-                lin.optimizer = optimizer.state_dict(k, self._lr(plan, lin.run, step - 1))
+                lin.optimizer = optimizer.state_dict(k, lin.run.lr_of_step(plan, step - 1))
             self._save_progress(plan, lineages)
 
     def _epoch(self, plan, stack, optimizer, lineages, epoch, first_step) -> tuple[list[float], int]:
@@ -255,7 +241,7 @@ class _Bundle:
         total = torch.zeros(len(runs), dtype=torch.float64, device=self.device)
         step = first_step
         for batches in zip(*epochs):
-            lrs = [self._lr(plan, run, step) for run in runs]
+            lrs = [run.lr_of_step(plan, step) for run in runs]
             x = torch.stack([b[0] for b in batches])
             y = torch.stack([b[1] for b in batches])
             with _autocast(self.device):
@@ -272,49 +258,17 @@ class _Bundle:
     def _after_step(self, plan: LevelPlan, optimizer: StackedOptimizer, lineages: list[_Lineage], step: int) -> None:
         """The engine's on_step: the step rewind point of level 0, the gradual ramp's mask updates."""
         for k, lin in enumerate(lineages):
-            run = lin.run
-            if plan.level == 0 and run.spec.prune.rewind == "step" and step == run.spec.prune.rewind_step:
-                ckpt.save_torch(run.rewind_path, {"model": own_state(run.model), "step": step})
+            if plan.level == 0:
+                lin.run._save_step_rewind(step)
             if plan.gradual is not None:
-                plan.gradual.update(step, run.model, lin.masks)
+                plan.gradual.update(step, lin.run.model, lin.masks)
                 optimizer.sync_masks(k, lin.masks)
 
     def _save_progress(self, plan: LevelPlan, lineages: list[_Lineage]) -> None:
-        saved = False
-        for lin in lineages:
-            if lin.epoch < plan.epochs and lin.epoch % lin.run.spec.checkpoint_every_epochs == 0:
-                ckpt.save_torch(lin.run.root / PROGRESS_FILE, {
-                    "level": plan.level, "epoch": lin.epoch, "step": lin.step, "train_losses": lin.train_losses,
-                    "wall_s": lin.wall_s, "model": own_state(lin.run.model), "masks": lin.masks,
-                    "optimizer": lin.optimizer, "fused": True,
-                })
-                saved = True
-        if saved and self.on_epoch is not None:
+        saved = [
+            lin.run._save_progress(plan, lin.masks, lin.optimizer, epoch=lin.epoch, step=lin.step,
+                                   losses=lin.train_losses, wall=lin.wall_s)
+            for lin in lineages
+        ]
+        if any(saved) and self.on_epoch is not None:
             self.on_epoch(plan.level, lineages[0].epoch)
-
-    def _finish(self, plan: LevelPlan, lin: _Lineage) -> LevelResult:
-        """As _Run._finish_level, with `"fused": True` in the level's state."""
-        run = lin.run
-        test_loss, test_acc = evaluate(run.model, run.x_test, run.y_test, device=run.device)
-        report = sparsity_report(run.model, lin.masks)
-        metrics = {
-            "sparsity": report.sparsity, "sparsity_all": report.sparsity_all, "test_acc": test_acc,
-            "test_loss": test_loss, "train_loss": lin.train_losses[-1] if lin.train_losses else float("nan"),
-            "epochs": float(plan.epochs), "wall_s": lin.wall_s,
-        }
-        layers = [{"layer": l.layer, "n_params": l.n_params, "n_zero": l.n_zero} for l in report.layers]
-
-        def fill(tmp: Path) -> None:
-            torch.save({
-                "model": own_state(run.model), "masks": lin.masks, "optimizer": lin.optimizer,
-                "progress": {"level": plan.level, "epoch": plan.epochs, "step": lin.step},
-                "fused": True, "rng": torch.get_rng_state(),
-            }, tmp / ckpt.LEVEL_STATE)
-            ckpt.atomic_write_json(tmp / ckpt.LEVEL_METRICS, {"metrics": metrics, "layers": layers})
-            ckpt.atomic_write_json(tmp / "spec.json", json.loads((run.root / "spec.json").read_text()))
-
-        path = ckpt.level_dir(run.workdir, run.lineage_id, plan.level)
-        ckpt.write_dir_atomically(path, fill)
-        run.done.add(plan.level)
-        return LevelResult(run.lineage_id, plan.level, checkpoint_id(run.lineage_id, plan.level), path, metrics,
-                           report.layers, resumed=False)

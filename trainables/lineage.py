@@ -25,6 +25,7 @@ from trainables.masks import LayerSparsity, Masks, apply_masks, dense_masks, pru
 from trainables.models import build_model
 from trainables.schedules import LevelPlan, level_plans, level_masks
 from trainables.specs import LineageSpec
+from trainables.stacked import own_state
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 STOPPED_FILE = "stopped.json"
+PROGRESS_FILE = "progress.pt"
 
 
 def connected_fractions(masks: Masks) -> dict[str, float]:
@@ -151,10 +153,13 @@ def run_lineage(
 
 
 class _Run:
-    """The state shared by the levels of one call of run_lineage."""
+    """The state shared by the levels of one call of run_lineage, or of one lineage of a bundle
+    (`fused=True`: `trainables.fused` trains the model as a slice of a stack and calls the level
+    steps here; its checkpoints say `"fused": True`)."""
 
-    def __init__(self, spec: LineageSpec, workdir: Path, device: torch.device, on_epoch):
+    def __init__(self, spec: LineageSpec, workdir: Path, device: torch.device, on_epoch, *, fused: bool = False):
         self.spec, self.workdir, self.device, self.on_epoch = spec, workdir, device, on_epoch
+        self.fused = fused
         self.lineage_id = lineage_id(spec)
         self.root = ckpt.lineage_dir(workdir, self.lineage_id)
         _check_spec(self.root, spec)
@@ -175,8 +180,9 @@ class _Run:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # The compiled module shares parameters with self.model, which keeps the plain names
-        # that masks and checkpoints use.
-        self.forward = torch.compile(self.model) if spec.compile else self.model
+        # that masks and checkpoints use. A fused lineage trains through its bundle's stack and
+        # only evaluates here, uncompiled.
+        self.forward = torch.compile(self.model) if spec.compile and not fused else self.model
         self.names = prunable_names(self.model, spec.prune)
         self.done = set(ckpt.complete_levels(workdir, self.lineage_id))
         self._ensure_rewind_point()
@@ -215,24 +221,32 @@ class _Run:
 
     def _save_step_rewind(self, step: int) -> None:
         if self.spec.prune.rewind == "step" and step == self.spec.prune.rewind_step:
-            ckpt.save_torch(self.rewind_path, {"model": self.model.state_dict(), "step": step})
+            ckpt.save_torch(self.rewind_path, {"model": self._model_state(), "step": step})
+
+    def _model_state(self) -> dict[str, torch.Tensor]:
+        # A fused model's tensors are views of its stack: saving them as they are would save the
+        # whole stack.
+        return own_state(self.model) if self.fused else self.model.state_dict()
 
     # -- levels -------------------------------------------------------------------------------
     def level(self, plan: LevelPlan) -> LevelResult:
         if plan.level in self.done:
             return self._read_back(plan.level)
+        masks, state = self._resume_or_start(plan)
+        return self._train(plan, masks, state)
+
+    def _resume_or_start(self, plan: LevelPlan) -> tuple[Masks, dict[str, Any]]:
+        """Masks and training state (epoch, step, train_losses, wall_s, optimizer) of an unfinished
+        level, with the model set to match: from its progress checkpoint, else from the start."""
         progress = self._progress_for(plan.level)
         if progress is None:
             masks = self._start_level(plan)
-            state = {"epoch": 0, "step": 0, "train_losses": [], "wall_s": 0.0, "optimizer": None}
-        else:
-            self.model.load_state_dict(progress["model"])
-            masks = progress["masks"]
-            state = progress
-        return self._train(plan, masks, state)
+            return masks, {"epoch": 0, "step": 0, "train_losses": [], "wall_s": 0.0, "optimizer": None}
+        self.model.load_state_dict(progress["model"])
+        return progress["masks"], progress
 
     def _progress_for(self, level: int) -> dict | None:
-        path = self.root / "progress.pt"
+        path = self.root / PROGRESS_FILE
         if not path.exists():
             return None
         progress = ckpt.load_torch(path, self.device)
@@ -259,20 +273,24 @@ class _Run:
         apply_masks(self.model, masks)
         return masks
 
+    def peak_lr(self, plan: LevelPlan) -> float:
+        return plan.lr if plan.lr is not None else self.spec.train.lr
+
+    def lr_of_step(self, plan: LevelPlan, step: int) -> float:
+        """The learning rate of `step` (counted within the level): a pure function of the step."""
+        peak = self.peak_lr(plan)
+        if plan.constant_lr:
+            return peak
+        return lr_at(step, train=self.spec.train, steps_per_epoch=self.steps_per_epoch, peak_lr=peak)
+
     def _train(self, plan: LevelPlan, masks: Masks, state: dict) -> LevelResult:
         spec = self.spec
         train = spec.train
-        peak = plan.lr if plan.lr is not None else train.lr
-        optimizer = make_optimizer(self.model, train, peak)
+        optimizer = make_optimizer(self.model, train, self.peak_lr(plan))
         if state["optimizer"] is not None:
             optimizer.load_state_dict(state["optimizer"])
         epoch, step = state["epoch"], state["step"]
         losses, wall = list(state["train_losses"]), float(state["wall_s"])
-
-        def lr_of_step(s: int) -> float:
-            if plan.constant_lr:
-                return peak
-            return lr_at(s, train=train, steps_per_epoch=self.steps_per_epoch, peak_lr=peak)
 
         def on_step(s: int) -> None:
             if plan.level == 0:
@@ -289,21 +307,32 @@ class _Run:
             if not self.resident:
                 batches = _to_device(batches, self.device, self.channels_last)
             loss, n = train_epoch(
-                self.model, optimizer, batches, masks=masks, lr_of_step=lr_of_step, first_step=step,
-                on_step=on_step, forward=self.forward,
+                self.model, optimizer, batches, masks=masks, lr_of_step=lambda s: self.lr_of_step(plan, s),
+                first_step=step, on_step=on_step, forward=self.forward,
             )
             epoch, step, wall = epoch + 1, step + n, wall + time.perf_counter() - t0
             losses.append(loss)
-            if epoch < plan.epochs and epoch % spec.checkpoint_every_epochs == 0:
-                ckpt.save_torch(self.root / "progress.pt", {
-                    "level": plan.level, "epoch": epoch, "step": step, "train_losses": losses, "wall_s": wall,
-                    "model": self.model.state_dict(), "masks": masks, "optimizer": optimizer.state_dict(),
-                })
-                if self.on_epoch is not None:
-                    self.on_epoch(plan.level, epoch)
-        return self._finish_level(plan, masks, optimizer, step, losses, wall)
+            saved = self._save_progress(plan, masks, optimizer.state_dict(), epoch=epoch, step=step,
+                                        losses=losses, wall=wall)
+            if saved and self.on_epoch is not None:
+                self.on_epoch(plan.level, epoch)
+        return self._finish_level(plan, masks, optimizer.state_dict(), step=step, losses=losses, wall=wall)
 
-    def _finish_level(self, plan, masks, optimizer, step, losses, wall) -> LevelResult:
+    def _save_progress(self, plan: LevelPlan, masks: Masks, optimizer: dict, *, epoch: int, step: int,
+                       losses: list[float], wall: float) -> bool:
+        """Write the in-level resume point after `epoch` if the checkpoint period says so (never
+        after the last epoch: the level checkpoint follows). Returns whether it was written."""
+        if epoch >= plan.epochs or epoch % self.spec.checkpoint_every_epochs:
+            return False
+        ckpt.save_torch(self.root / PROGRESS_FILE, {
+            "level": plan.level, "epoch": epoch, "step": step, "train_losses": losses, "wall_s": wall,
+            "model": self._model_state(), "masks": masks, "optimizer": optimizer, "fused": self.fused,
+        })
+        return True
+
+    def _finish_level(self, plan: LevelPlan, masks: Masks, optimizer: dict, *, step: int, losses: list[float],
+                      wall: float) -> LevelResult:
+        """Evaluate the trained level and write its checkpoint (`optimizer`: the state dict)."""
         test_loss, test_acc = evaluate(self.forward, self.x_test, self.y_test, device=self.device)
         report = sparsity_report(self.model, masks)
         metrics = {
@@ -315,9 +344,9 @@ class _Run:
 
         def fill(tmp: Path) -> None:
             torch.save({
-                "model": self.model.state_dict(), "masks": masks, "optimizer": optimizer.state_dict(),
+                "model": self._model_state(), "masks": masks, "optimizer": optimizer,
                 "progress": {"level": plan.level, "epoch": plan.epochs, "step": step},
-                "fused": False, "rng": torch.get_rng_state(),
+                "fused": self.fused, "rng": torch.get_rng_state(),
             }, tmp / ckpt.LEVEL_STATE)
             ckpt.atomic_write_json(tmp / ckpt.LEVEL_METRICS, {"metrics": metrics, "layers": layers})
             ckpt.atomic_write_json(tmp / "spec.json", json.loads((self.root / "spec.json").read_text()))
