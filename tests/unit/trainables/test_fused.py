@@ -1,8 +1,6 @@
 """run_bundle: fused lineages equal separate ones, resume, modes, bundle checks; the stacked optimizer."""
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 import torch
 from torch import nn
@@ -18,14 +16,6 @@ from trainables.stacked import StackedModel, StackedOptimizer, structure_of
 WEIGHT_RTOL = 1e-5  # of the largest |value| of each tensor
 
 
-def _digest(state: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(state):
-        h.update(name.encode())
-        h.update(state[name].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def _max_rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     worst = 0.0
     for name, x in a.items():
@@ -35,14 +25,14 @@ def _max_rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> flo
     return worst
 
 
-def _assert_same_as_separate(separate, fused) -> None:
+def _assert_same_as_separate(separate, fused, digest) -> None:
     assert [r.lineage_id for r in separate] == [r.lineage_id for r in fused]
     for a, b in zip(separate, fused):
         assert [lv.level for lv in a.levels] == [lv.level for lv in b.levels]
         for la, lb in zip(a.levels, b.levels):
             ca, cb = load_checkpoint(la.checkpoint_dir), load_checkpoint(lb.checkpoint_dir)
             assert (ca.fused, cb.fused) == (False, True)
-            assert _digest(ca.masks) == _digest(cb.masks), f"masks of {lb.checkpoint_id} differ"
+            assert digest(ca.masks) == digest(cb.masks), f"masks of {lb.checkpoint_id} differ"
             assert _max_rel_diff(ca.model, cb.model) <= WEIGHT_RTOL, lb.checkpoint_id
             int_buffers = {n for n, t in ca.model.items() if not t.is_floating_point()}  # num_batches_tracked
             assert all(torch.equal(ca.model[n], cb.model[n]) for n in int_buffers)
@@ -55,20 +45,20 @@ def _assert_same_as_separate(separate, fused) -> None:
     {},
     {"model": "fcn", "model_options": {"widths": [32, 16], "batchnorm": True}},
 ], ids=["lenet_300_100", "fcn_batchnorm"])
-def test_bundle_equals_separate_lineages(tiny_spec, tmp_path, overrides):
+def test_bundle_equals_separate_lineages(tiny_spec, tmp_path, overrides, digest):
     specs = [tiny_spec(seed=seed, **overrides) for seed in range(3)]
     separate = [run_lineage(spec, workdir=tmp_path / "separate") for spec in specs]
     calls = []
     fused = run_bundle(specs, workdir=tmp_path / "fused", on_level=lambda r: calls.append((r.level, r.lineage_id)))
-    _assert_same_as_separate(separate, fused)
+    _assert_same_as_separate(separate, fused, digest)
     assert calls == [(level, r.lineage_id) for level in range(3) for r in fused]
 
 
-def test_bundle_equals_separate_with_gradual_ramp_and_schedule(tiny_spec, tmp_path):
+def test_bundle_equals_separate_with_gradual_ramp_and_schedule(tiny_spec, tmp_path, digest):
     specs = [tiny_spec(seed=seed, train={"nesterov": True, "weight_decay": 5e-4, "lr_schedule": "cosine"},
                        prune={"schedule": "gradual", "targets": [0.6], "gradual_every_steps": 3}) for seed in (4, 7)]
     separate = [run_lineage(spec, workdir=tmp_path / "separate") for spec in specs]
-    _assert_same_as_separate(separate, run_bundle(specs, workdir=tmp_path / "fused"))
+    _assert_same_as_separate(separate, run_bundle(specs, workdir=tmp_path / "fused"), digest)
 
 
 class _Stop(Exception):
@@ -82,21 +72,23 @@ def _stop_at(level: int, epoch: int):
     return callback
 
 
-def test_resume_mid_level_is_bit_identical(tiny_spec, tmp_path):
+def test_resume_mid_level_is_bit_identical(tiny_spec, tmp_path, digest):
     specs = [tiny_spec(seed=seed) for seed in (0, 1)]
     whole = run_bundle(specs, workdir=tmp_path / "whole")
     with pytest.raises(_Stop):
         run_bundle(specs, workdir=tmp_path / "cut", on_epoch=_stop_at(1, 1))
+    for lineage in (r.lineage_id for r in whole):  # the progress checkpoints say fused too
+        assert ckpt.load_torch(ckpt.lineage_dir(tmp_path / "cut", lineage) / "progress.pt")["fused"] is True
     resumed = run_bundle(specs, workdir=tmp_path / "cut")
     for a, b in zip(whole, resumed):
         assert [lv.resumed for lv in b.levels] == [True, False, False]
         for la, lb in zip(a.levels, b.levels):
             ca, cb = load_checkpoint(la.checkpoint_dir), load_checkpoint(lb.checkpoint_dir)
-            assert _digest(ca.model) == _digest(cb.model) and _digest(ca.masks) == _digest(cb.masks)
+            assert digest(ca.model) == digest(cb.model) and digest(ca.masks) == digest(cb.masks)
             assert lb.metrics["test_acc"] == la.metrics["test_acc"]
 
 
-def test_a_lagging_lineage_catches_up(tiny_spec, tmp_path):
+def test_a_lagging_lineage_catches_up(tiny_spec, tmp_path, digest):
     specs = [tiny_spec(seed=seed) for seed in (0, 1)]
     whole = run_bundle(specs, workdir=tmp_path / "whole")
     with pytest.raises(_Stop):
@@ -106,7 +98,7 @@ def test_a_lagging_lineage_catches_up(tiny_spec, tmp_path):
     resumed = run_bundle(specs, workdir=tmp_path / "cut")
     for a, b in zip(whole, resumed):
         last_a, last_b = load_checkpoint(a.levels[-1].checkpoint_dir), load_checkpoint(b.levels[-1].checkpoint_dir)
-        assert _digest(last_a.masks) == _digest(last_b.masks)
+        assert digest(last_a.masks) == digest(last_b.masks)
         assert _max_rel_diff(last_a.model, last_b.model) <= WEIGHT_RTOL
 
 
@@ -152,7 +144,7 @@ def test_an_empty_bundle_is_refused(tmp_path):
     TrainSpec(lr=0.1, momentum=0.0, weight_decay=1e-3),
     TrainSpec(optimizer="adam", lr=1e-3, weight_decay=1e-4),
 ], ids=["sgd", "nesterov_wd", "plain_sgd", "adam"])
-def test_stacked_optimizer_is_torch_optim_bit_for_bit(train):
+def test_stacked_optimizer_is_torch_optim_bit_for_bit(train, digest):
     """Given the same gradients, each lineage of the stack gets torch.optim's step plus masking exactly,
     with per-lineage learning rates, and the same state_dict."""
     torch.manual_seed(0)
@@ -184,7 +176,7 @@ def test_stacked_optimizer_is_torch_optim_bit_for_bit(train):
             apply_masks(ref, masks[k])
             zero_pruned_state(optimizer, ref, masks[k])
     for k, (ref, model, optimizer) in enumerate(zip(refs, models, optimizers)):
-        assert _digest(ref.state_dict()) == _digest(model.state_dict())  # the module is a view of its slice
+        assert digest(ref.state_dict()) == digest(model.state_dict())  # the module is a view of its slice
         ours, theirs = stacked.state_dict(k, lrs[k]), optimizer.state_dict()
         assert ours["param_groups"] == theirs["param_groups"]
         assert ours["state"].keys() == theirs["state"].keys()

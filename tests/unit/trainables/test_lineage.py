@@ -1,8 +1,6 @@
 """run_lineage: levels, exact masks, rewinding, schedules, controls, resume equivalence."""
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 import torch
 from pydantic import ValidationError
@@ -11,14 +9,6 @@ from trainables import LineageSpec, load_checkpoint, run_lineage
 from trainables import checkpoints as ckpt
 from trainables.lineage import _Run
 from trainables.schedules import level_plans
-
-
-def _digest(state: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(state):
-        h.update(name.encode())
-        h.update(state[name].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _level(result, k):
@@ -38,15 +28,15 @@ def test_imp_levels_sparsity_and_zeros(tiny_spec, tmp_path):
     assert result.levels[0].metrics["test_acc"] > 0.8
 
 
-def test_same_spec_same_weights(tiny_spec, tmp_path):
+def test_same_spec_same_weights(tiny_spec, tmp_path, digest):
     spec = tiny_spec()
     a = run_lineage(spec, workdir=tmp_path / "a")
     b = run_lineage(spec, workdir=tmp_path / "b")
-    assert _digest(_level(a, 2).model) == _digest(_level(b, 2).model)
-    assert _digest(_level(a, 2).masks) == _digest(_level(b, 2).masks)
+    assert digest(_level(a, 2).model) == digest(_level(b, 2).model)
+    assert digest(_level(a, 2).masks) == digest(_level(b, 2).masks)
 
 
-def test_resume_is_bit_identical(tiny_spec, tmp_path):
+def test_resume_is_bit_identical(tiny_spec, tmp_path, digest):
     spec = tiny_spec(train={"epochs": 3})
     whole = run_lineage(spec, workdir=tmp_path / "whole")
 
@@ -62,7 +52,7 @@ def test_resume_is_bit_identical(tiny_spec, tmp_path):
     assert ckpt.complete_levels(tmp_path / "cut", whole.lineage_id) == [0]
     resumed = run_lineage(spec, workdir=tmp_path / "cut")
     assert [lv.resumed for lv in resumed.levels] == [True, False, False]
-    assert _digest(_level(resumed, 2).model) == _digest(_level(whole, 2).model)
+    assert digest(_level(resumed, 2).model) == digest(_level(whole, 2).model)
     assert resumed.levels[2].metrics["test_acc"] == whole.levels[2].metrics["test_acc"]
 
 
@@ -135,19 +125,19 @@ def test_finetune_uses_constant_small_lr(tiny_spec):
     assert plan.constant_lr and plan.lr == 0.001
 
 
-def test_random_reinit_control_changes_weights_not_mask(tiny_spec, tmp_path):
+def test_random_reinit_control_changes_weights_not_mask(tiny_spec, tmp_path, digest):
     base = run_lineage(tiny_spec(prune={"levels": 1}), workdir=tmp_path / "a")
     ctrl = run_lineage(tiny_spec(prune={"levels": 1, "control": "random_reinit"}), workdir=tmp_path / "b")
-    assert _digest(_level(base, 1).masks) == _digest(_level(ctrl, 1).masks)
-    assert _digest(_level(base, 1).model) != _digest(_level(ctrl, 1).model)
+    assert digest(_level(base, 1).masks) == digest(_level(ctrl, 1).masks)
+    assert digest(_level(base, 1).model) != digest(_level(ctrl, 1).model)
 
 
-def test_random_prune_control_keeps_per_layer_counts(tiny_spec, tmp_path):
+def test_random_prune_control_keeps_per_layer_counts(tiny_spec, tmp_path, digest):
     base = run_lineage(tiny_spec(prune={"levels": 1}), workdir=tmp_path / "a")
     ctrl = run_lineage(tiny_spec(prune={"levels": 1, "control": "random_prune"}), workdir=tmp_path / "b")
     mb, mc = _level(base, 1).masks, _level(ctrl, 1).masks
     assert {n: int(m.sum()) for n, m in mb.items()} == {n: int(m.sum()) for n, m in mc.items()}
-    assert _digest(mb) != _digest(mc)
+    assert digest(mb) != digest(mc)
 
 
 @pytest.mark.parametrize("fields,match", [
