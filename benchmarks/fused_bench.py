@@ -24,15 +24,9 @@ Writes benchmarks/results/fused-<device>.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +35,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._timing import (  # noqa: E402
+    Session, add_common_arguments, check_common_arguments, code_rev, interleaved_repeats, loadavg, timed,
+    write_results,
+)
 from trainables import LineageSpec, load_checkpoint, run_lineage  # noqa: E402
 from trainables.fused import run_bundle  # noqa: E402
 
@@ -85,11 +83,6 @@ def lineage_specs(name: str, case: Case, size: Size, n_train: int | None = None)
     ]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run_sequential(specs, workdir: Path, device: torch.device):
     return [run_lineage(spec, workdir=workdir, device=device) for spec in specs]
 
@@ -99,14 +92,6 @@ def run_fused(specs, workdir: Path, device: torch.device):
 
 
 MODES = {"sequential": run_sequential, "fused": run_fused}
-
-
-def _timed(mode: str, specs, workdir: Path, device: torch.device):
-    _sync(device)
-    t0 = time.perf_counter()
-    results = MODES[mode](specs, workdir, device)
-    _sync(device)
-    return time.perf_counter() - t0, results
 
 
 def _compare(sequential, fused) -> dict:
@@ -128,15 +113,15 @@ def bench_case(name: str, case: Case, size: Size, device: torch.device, repeats:
     images = case.k * (size.levels + 1) * size.epochs * size.n_train
     with tempfile.TemporaryDirectory(prefix="fused-bench-") as tmp:
         warm = lineage_specs(name, case, size, n_train=BATCH_SIZE)[:2]
-        for mode in MODES:
-            _timed(mode, warm, Path(tmp, f"warm-{mode}"), device)
-        walls: dict[str, list[float]] = {mode: [] for mode in MODES}
-        last = {}
-        for r in range(repeats):
-            for mode in MODES:
-                wall, last[mode] = _timed(mode, specs, Path(tmp, f"{mode}-{r}"), device)
-                walls[mode].append(wall)
-                print(f"  {name} {mode} repeat {r}: {wall:.1f} s (load average {_loadavg()})", flush=True)
+        for mode, run in MODES.items():
+            timed(lambda: run(warm, Path(tmp, f"warm-{mode}"), device), device)
+        walls, last = interleaved_repeats(
+            {mode: lambda r, run=run, mode=mode: run(specs, Path(tmp, f"{mode}-{r}"), device)
+             for mode, run in MODES.items()},
+            repeats, device,
+            on_repeat=lambda mode, r, wall, _: print(f"  {name} {mode} repeat {r}: {wall:.1f} s "
+                                                      f"(load average {loadavg()})", flush=True),
+        )
         check = _compare(last["sequential"], last["fused"])
     seq, fused = statistics.median(walls["sequential"]), statistics.median(walls["fused"])
     target = TARGETS.get(device.type, {}).get(name)
@@ -148,34 +133,6 @@ def bench_case(name: str, case: Case, size: Size, device: torch.device, repeats:
         "sequential_images_per_s": images / seq, "fused_images_per_s": images / fused, "ratio": seq / fused,
         "target_ratio": target, "target_met": None if target is None else seq / fused >= target, **check,
     }
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} logical CPUs)"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs)"
-
-
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def _code_rev() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        return out.stdout.strip() or None
-    except OSError:
-        return None
 
 
 def table(results: dict) -> str:
@@ -194,19 +151,12 @@ def table(results: dict) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--cases", default=",".join(CASES), help="comma-separated, of " + ", ".join(CASES))
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats per mode (median reported)")
+    add_common_arguments(p, names="cases", known=list(CASES), repeats_help="timed repeats per mode (median reported)",
+                         quick_help="tiny sizes: a smoke test, not a measurement",
+                         out_default="benchmarks/results/fused-<device>.json")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not a measurement")
-    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/fused-<device>.json)")
     args = p.parse_args(argv)
-    args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = [c for c in args.cases if c not in CASES]
-    if unknown:
-        p.error(f"unknown case(s) {unknown}; expected some of {list(CASES)}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device")
+    check_common_arguments(p, args, names="cases", known=list(CASES))
     return args
 
 
@@ -215,35 +165,26 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    load_before, started = _loadavg(), time.perf_counter()
+    session = Session()
     cases = {}
     for name in args.cases:
         case = CASES[name]
         size = case.quick if args.quick else getattr(case, device.type)
         cases[name] = bench_case(name, case, size, device, args.repeats or size.repeats)
         print(f"{name}: fused {cases[name]['ratio']:.2f}x sequential "
-              f"({time.perf_counter() - started:.0f} s, load average {_loadavg()})", flush=True)
+              f"({session.elapsed_s():.0f} s, load average {loadavg()})", flush=True)
     results = {
         "benchmark": "fused",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "code_rev": _code_rev(),
-        "device": args.device,
-        "device_name": device_name(device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
+        "code_rev": code_rev(ROOT),
+        **session.facts(device),
         "quick": args.quick,
         "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
         "train": {"optimizer": "sgd", **TRAIN},
         "dataset": "synthetic (seeded Gaussian clusters, 10 classes, 256 test examples)",
-        "loadavg_before": load_before,
-        "loadavg_after": _loadavg(),
-        "wall_s": round(time.perf_counter() - started, 1),
         "cases": cases,
     }
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"fused-{args.device}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    out = write_results(results, Path(args.out) if args.out else ROOT / "benchmarks" / "results"
+                        / f"fused-{args.device}.json")
     print(table(results))
     print(f"wrote {out}")
     return results

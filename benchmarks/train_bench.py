@@ -32,14 +32,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import json
 import math
-import os
-import platform
 import statistics
 import sys
-import time
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -55,6 +50,9 @@ from torchvision import transforms
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._timing import (  # noqa: E402
+    Session, add_common_arguments, check_common_arguments, contended, interleaved_repeats, loadavg, write_results,
+)
 from trainables.data import epoch_batches  # noqa: E402
 from trainables.loop import lr_at, make_optimizer, train_epoch  # noqa: E402
 from trainables.masks import Masks, dense_masks, prunable_names  # noqa: E402
@@ -239,19 +237,6 @@ class BaselineRun:
 
 # ---- timing -----------------------------------------------------------------------------------
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device: torch.device) -> tuple[float, int]:
-    _sync(device)
-    t0 = time.perf_counter()
-    steps = fn()
-    _sync(device)
-    return time.perf_counter() - t0, steps
-
-
 def make_runs(name: str, *, device: torch.device, batch_size: int, steps_per_epoch: int, compile: bool = False,
               seed: int = 0) -> dict[str, ImpsweepRun | BaselineRun]:
     """The configurations of one model, each from the same initial weights and data."""
@@ -277,13 +262,12 @@ def bench_model(name: str, *, device: torch.device, steps: int, repeats: int, wa
     masks_equal = _masks_equal(runs)
     for run in runs.values():
         run.steps(warmup)
-    times: dict[str, list[float]] = {key: [] for key in runs}
-    keys = list(runs)
-    for r in range(repeats):
-        for key in keys[r % len(keys):] + keys[:r % len(keys)]:  # rotate the order every repeat
-            seconds, taken = _timed(lambda run=runs[key]: run.epochs(epochs), device)
-            assert taken == epochs * steps_per_epoch, (key, taken)
-            times[key].append(seconds)
+
+    def check_steps(key: str, r: int, seconds: float, taken: int) -> None:
+        assert taken == epochs * steps_per_epoch, (key, taken)
+
+    times, _ = interleaved_repeats({key: lambda r, run=run: run.epochs(epochs) for key, run in runs.items()},
+                                   repeats, device, rotate=True, on_repeat=check_steps)
     n_steps = epochs * steps_per_epoch
     med = {key: statistics.median(v) for key, v in times.items()}
     images = n_steps * batch_size
@@ -326,34 +310,6 @@ def _masks_equal(runs) -> bool:
 
 # ---- report -----------------------------------------------------------------------------------
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} logical CPUs)"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs)"
-
-
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def _contended(load: list[float] | None, threads: int) -> bool | None:
-    """Whether other work competed for the CPUs when the run started (1-minute load > CPUs):
-    then the timings say more about the machine's load than about the loops."""
-    if load is None:
-        return None
-    return load[0] > max(os.cpu_count() or 1, threads)
-
-
 def table(results: dict) -> str:
     head = (f"{'model':<14} {'B':>4} {'steps':>5} {'impsweep img/s':>15} {'baseline img/s':>15} {'ratio':>6} "
             f"{'target':>6} {'masked/dense':>12} {'<=1.10':>6}")
@@ -371,23 +327,16 @@ def table(results: dict) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--models", default=",".join(CASES), help="comma-separated, of " + ", ".join(CASES))
+    add_common_arguments(p, names="models", known=list(CASES), repeats_help="timed repeats (median reported)",
+                         quick_help="a few tiny steps: a smoke test, not a measurement",
+                         out_default="benchmarks/results/train-<device>.json")
     p.add_argument("--steps", type=int, default=None,
                    help="steps per timed repeat, rounded to whole epochs (default: per model and device)")
     p.add_argument("--batch-size", type=int, default=TRAIN.batch_size)
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="warm-up steps of every configuration")
     p.add_argument("--compile", action="store_true", help="torch.compile impsweep's forward (as spec.compile)")
-    p.add_argument("--quick", action="store_true", help="a few tiny steps: a smoke test, not a measurement")
-    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/train-<device>.json)")
     args = p.parse_args(argv)
-    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in args.models if m not in CASES]
-    if unknown:
-        p.error(f"unknown model(s) {unknown}; expected some of {list(CASES)}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device")
+    check_common_arguments(p, args, names="models", known=list(CASES))
     return args
 
 
@@ -395,8 +344,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
     batch_size = QUICK["batch_size"] if args.quick and args.batch_size == TRAIN.batch_size else args.batch_size
-    load_before = _loadavg()
-    started = time.perf_counter()
+    session = Session()
     models = {}
     for name in args.models:
         case = CASES[name]
@@ -410,34 +358,26 @@ def main(argv=None) -> dict:
                                    batch_size=batch_size, compile=args.compile)
         row = models[name]
         print(f"{name}: {row['ratio']:.2f}x, masked/dense {row['masked_over_dense']:.3f} "
-              f"({time.perf_counter() - started:.0f} s, load average {_loadavg()})", flush=True)
+              f"({session.elapsed_s():.0f} s, load average {loadavg()})", flush=True)
     results = {
         "benchmark": "train",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": args.device,
-        "device_name": device_name(device),
-        "torch": torch.__version__,
+        **session.facts(device),
         "torchvision": torchvision.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
         "quick": args.quick,
         "compile": args.compile,
         "impsweep_precision": "bf16 autocast, channels_last" if device.type == "cuda" else "fp32",
         "baseline_precision": "fp32",
         "train": {"optimizer": "sgd", "lr": TRAIN.lr, "momentum": TRAIN.momentum, "weight_decay": TRAIN.weight_decay},
-        "loadavg_before": load_before,
-        "loadavg_after": _loadavg(),
-        "contended": _contended(load_before, torch.get_num_threads()),
-        "wall_s": round(time.perf_counter() - started, 1),
+        "contended": contended(session.loadavg_before, torch.get_num_threads()),
         "models": models,
     }
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"train-{args.device}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    out = write_results(results, Path(args.out) if args.out else ROOT / "benchmarks" / "results"
+                        / f"train-{args.device}.json")
     print(table(results))
     if results["contended"]:
         print("WARNING: the machine was loaded when this run started; re-run it on a quiet machine.")
-    print(f"wall {results['wall_s']} s, load average {load_before} -> {results['loadavg_after']}; wrote {out}")
+    print(f"wall {results['wall_s']} s, load average {session.loadavg_before} -> {results['loadavg_after']}; "
+          f"wrote {out}")
     return results
 
 
