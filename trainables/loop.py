@@ -71,14 +71,18 @@ def train_epoch(
 
     forward: what computes the logits (a `torch.compile`d wrapper of `model`), default `model`.
 
-    After every step the pruned weights are zeroed again (weight decay and momentum would
-    otherwise revive them) and so are their optimizer buffers.
+    Pruned weights stay zero: they and their optimizer buffers are zeroed once here (the
+    gradual schedule may have pruned more since the last epoch), and each step zeroes their
+    gradients before the update (see `MaskApplier.mask_grads`), so weight decay and momentum
+    cannot revive them.
     """
     model.train()
     forward = model if forward is None else forward
-    # Masks pre-converted to float once; one fused multiply per step (a bool mask would be
-    # converted on every step, which costs more than the masked step itself on small nets).
+    # Masks pre-converted to float once; one fused multiply of the gradients per step (a bool
+    # mask would be converted on every step, which costs more than the masked step itself on
+    # small nets).
     applier = MaskApplier(model, masks)
+    applier(optimizer)
     device = next(model.parameters()).device
     total = torch.zeros((), dtype=torch.float64, device=device)
     step = first_step
@@ -89,8 +93,8 @@ def train_epoch(
             loss = F.cross_entropy(forward(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        applier.mask_grads(optimizer)
         optimizer.step()
-        applier(optimizer)
         total += loss.detach().double()
         step += 1
         if on_step is not None:

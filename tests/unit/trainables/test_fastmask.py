@@ -125,3 +125,41 @@ def test_dense_masks_change_nothing():
     MaskApplier(net, dense_masks(net, prunable_names(net, SPEC)))()
     for key, value in net.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def _masked_step(net, optimizer, seed, applier):
+    gen = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(8, 12, generator=gen), torch.randint(0, 5, (8,), generator=gen)
+    optimizer.zero_grad(set_to_none=True)
+    F.cross_entropy(net(x), y).backward()
+    applier.mask_grads(optimizer)
+    optimizer.step()
+
+
+@pytest.mark.parametrize("kind", ["sgd", "nesterov", "adam", "adamw"])
+def test_masking_gradients_equals_masking_after_each_step(kind):
+    """Zeroing pruned gradients before the step leaves weights and buffers exactly as zeroing
+    weights and buffers after it, including across a mask change (the gradual schedule)."""
+    ref = _net()
+    masks = _masks(ref, rounds=1)
+    apply_masks(ref, masks)
+    fast = copy.deepcopy(ref)
+    make = (lambda n: torch.optim.AdamW(n.parameters(), lr=0.01, weight_decay=0.1)) \
+        if kind == "adamw" else (lambda n: _optimizer(n, kind))
+    opt_ref, opt_fast = make(ref), make(fast)
+    fast_masks = dict(masks)
+    applier = MaskApplier(fast, fast_masks)
+    for seed in range(12):
+        if seed == 6:  # prune further mid-training, as the gradual schedule does
+            more = _masks(ref, rounds=3)
+            masks.update(more)
+            apply_masks(ref, masks)
+            fast_masks.update({name: mask.clone() for name, mask in more.items()})
+            apply_masks(fast, fast_masks)  # weights only, as the schedule does; not the buffers
+        _step(ref, opt_ref, seed)
+        apply_masks(ref, masks)
+        zero_pruned_state(opt_ref, ref, masks)
+        _masked_step(fast, opt_fast, seed, applier)
+    _same(ref, opt_ref, fast, opt_fast)
+    pruned = ~masks["0.weight"]
+    assert bool(pruned.any()) and bool((fast[0].weight[pruned] == 0).all())
