@@ -1,7 +1,11 @@
-"""The public entry points: `similarity` of one pair and `pairwise` over all pairs."""
+"""The public entry points: `similarity` of one pair, `pairwise` over all pairs, and the two
+halves of `pairwise` for callers that keep sketches between calls: `sketch_spec` and `sketch`
+build one representation's sketch, `pairwise_sketches` evaluates pairs of given sketches."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
@@ -15,7 +19,8 @@ from analysis.similarity.inputs import (as_tensor, as_tensors, check_examples, c
 from analysis.similarity.kernels import Tile, evaluate
 from analysis.similarity.registry import (PRECISIONS, TOLERANCE, MeasureInfo, get_measure,
                                           resolve_conv, resolve_options)
-from analysis.similarity.sketch import Sketch, build_sketch
+from analysis.similarity.sketch import (SKETCH_OPTIONS, Sketch, base_sketch, measure_view,
+                                        sketch_kind)
 
 # Above this many rows a packed n x n Gram per representation costs too much memory.
 MAX_GRAM_ROWS = 6000
@@ -89,6 +94,7 @@ def pairwise(xs: Sequence[Any], ys: Sequence[Any] | None = None, *,
     same = ys is None
     grids = _Grids.empty((len(left), len(right)))
     form = _cka_form(info, left, right, mode, same, merged["max_rows"])
+    kind = sketch_kind(info)
     cache: dict[tuple[str, int, Any], Sketch] = {}
 
     def sketch_of(side: str, index: int, target: Any) -> Sketch:
@@ -96,20 +102,258 @@ def pairwise(xs: Sequence[Any], ys: Sequence[Any] | None = None, *,
         if key not in cache:
             tensors = left if side == "x" or same else right
             z = to_matrix(tensors[index], mode, target, merged["max_rows"])
-            cache[key] = build_sketch(z, info, merged, form)
+            cache[key] = measure_view(base_sketch(z, kind, merged, form), info, merged)
         return cache[key]
 
     for rows_idx, cols_idx, target, block_same in _blocks(left, right, mode, same):
         rows = [sketch_of("x", i, target) for i in rows_idx]
         cols = [sketch_of("y", j, target) for j in cols_idx]
-        tile = evaluate(info, merged, rows, cols, same=block_same, precision=precision)
-        dims = (np.array([s.dim for s in rows]), np.array([s.dim for s in cols]))
-        grids.place(tile, rows_idx, cols_idx, dims if info.family == "cca" else None,
-                    mirror=same and not block_same)
+        _place_block(grids, info, merged, rows, cols, rows_idx, cols_idx, block_same,
+                     same and not block_same, precision)
+    return _result(grids, measure, mode, merged, precision)
+
+
+@dataclass(frozen=True)
+class SketchSpec:
+    """What decides one representation's sketch besides its values, hence the key a stored
+    sketch is filed under (`key`). Build it with `sketch_spec`.
+
+    kind: `sketch_kind` of the measure ("cca", "nbs" or a CKA measure); conv: the concrete
+    conv mode; target: (h, w) a conv map is average-pooled to in `spatial` mode, None for its
+    own size (and for 2-D representations); form: "basis" (CCA), "factor" (NBS), "gram" or
+    "features" (CKA); options: the options that change the sketch (max_rows, and the RBF
+    threshold or the minibatch size)."""
+
+    kind: str
+    conv: str
+    target: tuple[int, int] | None
+    form: str
+    options: Mapping[str, Any]
+
+    @property
+    def key(self) -> str:
+        """A stable file-name-safe key: readable fields, then a digest of all of them."""
+        ident = json.dumps({"kind": self.kind, "conv": self.conv, "target": self.target,
+                            "form": self.form, "options": dict(self.options), "version": 1},
+                           sort_keys=True)
+        size = "own" if self.target is None else f"{self.target[0]}x{self.target[1]}"
+        digest = hashlib.sha256(ident.encode()).hexdigest()[:12]
+        return f"{self.kind}-{self.conv}-{size}-{self.form}-{digest}"
+
+
+def sketch_spec(measure: str, shape: Sequence[int], *, conv: str = "auto",
+                target: tuple[int, int] | None = None, form: str | None = None,
+                **options: Any) -> SketchSpec:
+    """The sketch `measure` needs of a representation of `shape` ([n, p] or [n, c, h, w]).
+
+    target: in `spatial` mode, the (h, w) the pair's other side forces (the smaller of the two
+    sizes, as `pairwise` pools); None or the representation's own size for no pooling.
+    form: for linear_cka and linear_cka_debiased, "gram" or "features" (see `cka_form`);
+    None picks `cka_form(measure, [shape])`. Options are the measure's (checked as in
+    `pairwise`); only those that change the sketch enter the spec."""
+    info, mode, merged = _check_call(measure, conv, "exact", options)
+    if len(shape) not in (2, 4) or not all(isinstance(d, int) and d > 0 for d in shape):
+        raise ValueError(f"shape {tuple(shape)!r} is not [n, p] or [n, c, h, w] of positive "
+                         "integers")
+    own = (int(shape[2]), int(shape[3])) if len(shape) == 4 else None
+    if target is not None:
+        target = (int(target[0]), int(target[1]))
+        if own is not None and (target[0] > own[0] or target[1] > own[1]):
+            raise ValueError(f"target {target} is larger than the representation's spatial "
+                             f"size {own}; expected at most {own}")
+    if mode != "spatial" or own is None or target == own:
+        target = None
+    kind = sketch_kind(info)
+    choices = {"cca": ("basis",), "nbs": ("factor",)}.get(
+        info.family, ("gram", "features") if info.name in _LINEAR_CKA else ("gram",))
+    if form is None:
+        form = cka_form(measure, [shape], conv=mode, max_rows=merged["max_rows"]) \
+            if len(choices) > 1 else choices[0]
+    if form not in choices:
+        raise ValueError(f"invalid form {form!r} for measure {measure!r}; expected one of "
+                         f"{list(choices)}")
+    kept = {"max_rows": merged["max_rows"], **{k: merged[k] for k in SKETCH_OPTIONS.get(kind, ())}}
+    return SketchSpec(kind=kind, conv=mode, target=target, form=form,
+                      options=MappingProxyType(kept))
+
+
+def sketch(x: Any, spec: SketchSpec, *, device: Any = None) -> Sketch:
+    """The sketch of one representation x ([n, p] or [n, c, h, w], tensor or array) under
+    `spec`, in float64 on `device`; what `pairwise` computes once per representation."""
+    t = as_tensor(x, "x", _device(device))
+    if spec.target is not None and t.ndim == 4 and (
+            spec.target[0] > t.shape[2] or spec.target[1] > t.shape[3]):
+        raise ValueError(f"x has spatial size {tuple(t.shape[2:])}, smaller than the spec's "
+                         f"target {spec.target}; build the spec from x's shape")
+    form = "gram" if spec.form in ("basis", "factor") else spec.form
+    z = to_matrix(t, spec.conv, spec.target, spec.options.get("max_rows"))
+    return base_sketch(z, spec.kind, spec.options, form)
+
+
+def pairwise_sketches(rows: Sequence[Sketch], cols: Sequence[Sketch] | None = None, *,
+                      measure: str = "linear_cka", conv: str = "auto",
+                      pairs: Sequence[tuple[int, int]] | None = None,
+                      precision: str = "exact", **options: Any) -> PairwiseResult:
+    """`measure` for pairs of sketches from `sketch` (one `SketchSpec` form and target, the
+    kind `measure` needs): every (rows[i], cols[j]), or (rows[i], rows[j]) when cols is None,
+    or only `pairs` [(i, j), ...], whose other entries are NaN with status "skipped".
+
+    Given the same sketches, the values equal `pairwise`'s. With `pairs`, only the connected
+    blocks of the pair graph are evaluated (a sparse pair list, e.g. each checkpoint with its
+    own dense network, costs its pairs, not the whole rectangle). conv is only recorded."""
+    info, mode, merged = _check_call(measure, conv, precision, options)
+    same = cols is None
+    left = _checked_sketches(rows, "rows", info)
+    right = left if same else _checked_sketches(cols, "cols", info)
+    _check_compatible(left + ([] if same else right))
+    left = [measure_view(s, info, merged) for s in left]
+    right = left if same else [measure_view(s, info, merged) for s in right]
+    grids = _Grids.empty((len(left), len(right)))
+    asked = _asked(pairs, len(left), len(right), same)
+    for rows_idx, cols_idx, block_same in _cover(asked, same):
+        _place_block(grids, info, merged, [left[i] for i in rows_idx],
+                     [right[j] for j in cols_idx], rows_idx, cols_idx, block_same, False,
+                     precision)
+    if pairs is not None:
+        grids.skip(~asked)
+    return _result(grids, measure, mode, merged, precision)
+
+
+def cka_form(measure: str, shapes: Sequence[Sequence[int]], pairs: float | None = None, *,
+             conv: str = "auto", max_rows: int | None = None) -> str:
+    """"gram" (packed n x n Grams, one product per tile) or "features" (stacked features),
+    whichever costs fewer multiply-adds for `pairs` pairs among representations of `shapes`
+    (one shape per representation); None: many pairs per representation (the all-pairs
+    limit). Above MAX_GRAM_ROWS rows a Gram costs too much memory. Only linear kernels have
+    a choice: "gram" for every other measure."""
+    info = get_measure(measure)
+    if info.name not in _LINEAR_CKA:
+        return "gram"
+    mode = resolve_conv(measure, conv)
+    matrices = [_matrix_shape(shape, mode) for shape in shapes]
+    rows = int(shapes[0][0]) * matrices[0][0]
+    if mode == "spatial" and max_rows is not None:
+        rows = min(rows, max_rows)
+    if rows > MAX_GRAM_ROWS:
+        return "features"
+    count = len(matrices)
+    mean_p = sum(m[1] for m in matrices) / count
+    if pairs is None:
+        return "gram" if rows * rows / 2 <= rows * mean_p * mean_p else "features"
+    gram_cost = count * rows * rows * mean_p + pairs * rows * rows / 2
+    feature_cost = (pairs + count) * rows * mean_p * mean_p
+    return "gram" if gram_cost <= feature_cost else "features"
+
+
+_LINEAR_CKA = ("linear_cka", "linear_cka_debiased")
+
+
+def _matrix_shape(shape: Sequence[int], mode: str) -> tuple[int, int]:
+    """(rows per example, features) of `to_matrix` of a representation of `shape`, before
+    any pooling or row stride."""
+    if len(shape) == 2:
+        return 1, int(shape[1])
+    c, h, w = (int(d) for d in shape[1:])
+    return {"flatten": (1, c * h * w), "avgpool": (1, c), "spatial": (h * w, c)}[mode]
+
+
+def _checked_sketches(sketches: Any, name: str, info: MeasureInfo) -> list[Sketch]:
+    if isinstance(sketches, Sketch) or not isinstance(sketches, Sequence) or not sketches:
+        raise ValueError(f"{name} must be a non-empty sequence of Sketch; got "
+                         f"{type(sketches).__name__}")
+    kind = sketch_kind(info)
+    for i, s in enumerate(sketches):
+        if not isinstance(s, Sketch):
+            raise ValueError(f"{name}[{i}] has type {type(s).__name__}; expected a Sketch")
+        if s.kind != kind:
+            raise ValueError(f"{name}[{i}] is a {s.kind or 'hand-built'!r} sketch; measure "
+                             f"{info.name!r} needs kind {kind!r} (see sketch_spec)")
+    return list(sketches)
+
+
+def _check_compatible(sketches: Sequence[Sketch]) -> None:
+    """One row count and one factor layout (CKA's Gram or feature form) across all."""
+    rows = {s.n for s in sketches}
+    if len(rows) > 1:
+        raise ValueError(f"sketches have different row counts {sorted(rows)}; expected one "
+                         "probe set (and one spatial target)")
+    layouts = {s.factor.ndim for s in sketches if s.status == "ok" and s.factor is not None}
+    if len(layouts) > 1:
+        raise ValueError("sketches mix the gram and features forms; expected one form")
+
+
+def _asked(pairs: Sequence[tuple[int, int]] | None, m: int, n: int, same: bool) -> np.ndarray:
+    """[m, n] bool grid of the pairs asked for (all of them when pairs is None)."""
+    if pairs is None:
+        return np.ones((m, n), dtype=bool)
+    grid = np.zeros((m, n), dtype=bool)
+    for k, pair in enumerate(pairs):
+        i, j = (int(v) for v in pair)
+        if not (0 <= i < m and 0 <= j < n):
+            raise ValueError(f"pairs[{k}] = {tuple(pair)} is out of range; expected indices "
+                             f"below ({m}, {n})")
+        grid[i, j] = True
+    return grid
+
+
+# Evaluate the whole rectangle once the connected blocks would cover this much of it: one
+# batched call then costs about what the blocks do, with fewer, larger products.
+_DENSE_FILL = 0.5
+
+
+def _cover(asked: np.ndarray, same: bool) -> list[tuple[list[int], list[int], bool]]:
+    """Blocks (rows, cols, symmetric) whose evaluation covers every asked pair: the connected
+    components of the bipartite pair graph (of the one-sided graph when `same`), or the whole
+    grid when the components fill more than half of it."""
+    m, n = asked.shape
+    if asked.all():
+        return [(list(range(m)), list(range(n)), same)]
+    parent = list(range(m if same else m + n))
+
+    def root(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for i, j in zip(*np.nonzero(asked)):
+        parent[root(int(i))] = root(int(j) if same else m + int(j))
+    members: dict[int, tuple[list[int], list[int]]] = {}
+    for i, j in zip(*np.nonzero(asked)):
+        block = members.setdefault(root(int(i)), ([], []))
+        block[0].append(int(i))
+        block[1].append(int(j))
+    blocks = []
+    for rows, cols in members.values():
+        if same:
+            both = sorted(set(rows) | set(cols))
+            blocks.append((both, both, True))
+        else:
+            blocks.append((sorted(set(rows)), sorted(set(cols)), False))
+    cells = sum(len(r) * (len(r) + 1) / 2 if s else len(r) * len(c) for r, c, s in blocks)
+    whole = m * (m + 1) / 2 if same else m * n
+    if cells > _DENSE_FILL * whole:
+        rows = sorted({i for r, _, _ in blocks for i in r})
+        cols = rows if same else sorted({j for _, c, _ in blocks for j in c})
+        return [(rows, cols, same)]
+    return blocks
+
+
+def _place_block(grids: "_Grids", info: MeasureInfo, merged: Mapping[str, Any],
+                 rows: Sequence[Sketch], cols: Sequence[Sketch], rows_idx: list[int],
+                 cols_idx: list[int], block_same: bool, mirror: bool, precision: str) -> None:
+    tile = evaluate(info, merged, rows, cols, same=block_same, precision=precision)
+    dims = (np.array([s.dim for s in rows]), np.array([s.dim for s in cols]))
+    grids.place(tile, rows_idx, cols_idx, dims if info.family == "cca" else None,
+                mirror=mirror)
+
+
+def _result(grids: "_Grids", measure: str, mode: str, merged: Mapping[str, Any],
+            precision: str) -> PairwiseResult:
     return PairwiseResult(values=grids.values, status=grids.status, measure=measure,
-                          conv=mode, options=MappingProxyType(merged), precision=precision,
-                          tolerance=TOLERANCE[precision], a_dim=grids.a_dim,
-                          b_dim=grids.b_dim)
+                          conv=mode, options=MappingProxyType(dict(merged)),
+                          precision=precision, tolerance=TOLERANCE[precision],
+                          a_dim=grids.a_dim, b_dim=grids.b_dim)
 
 
 @dataclass(frozen=True)
@@ -142,6 +386,13 @@ class _Grids:
             self.a_dim[flipped] = self.b_dim[grid].T
             self.b_dim[flipped] = self.a_dim[grid].T
 
+    def skip(self, where: np.ndarray) -> None:
+        """Mark pairs that were not asked for: NaN, status "skipped", no dimensions."""
+        self.values[torch.from_numpy(where)] = float("nan")
+        self.status[where] = "skipped"
+        self.a_dim[where] = -1
+        self.b_dim[where] = -1
+
 
 def _blocks(left: Sequence[torch.Tensor], right: Sequence[torch.Tensor], mode: str,
             same: bool) -> list[tuple[list[int], list[int], Any, bool]]:
@@ -170,21 +421,11 @@ def _blocks(left: Sequence[torch.Tensor], right: Sequence[torch.Tensor], mode: s
 def _cka_form(info: MeasureInfo, left: Sequence[torch.Tensor],
               right: Sequence[torch.Tensor], mode: str, same: bool,
               max_rows: int | None) -> str:
-    """Gram form (packed n x n Grams, one product per tile) or feature form (stacked
-    features), whichever costs fewer multiply-adds; only linear kernels have a choice."""
-    if info.name not in ("linear_cka", "linear_cka_debiased"):
+    """`cka_form` for all pairs of `pairwise`'s arguments."""
+    if info.name not in _LINEAR_CKA:
         return "gram"
     tensors = list(left) if same else list(left) + list(right)
-    # Reducing two examples gives the rows per example (h*w in spatial mode) and features.
-    shapes = [to_matrix(t[:2], mode).shape for t in tensors]
-    rows = left[0].shape[0] * (shapes[0][0] // 2)
-    if mode == "spatial" and max_rows is not None:
-        rows = min(rows, max_rows)
-    if rows > MAX_GRAM_ROWS:
-        return "features"
     count = len(tensors)
     pairs = count * (count + 1) / 2 if same else len(left) * len(right)
-    mean_p = sum(s[1] for s in shapes) / count
-    gram_cost = count * rows * rows * mean_p + pairs * rows * rows / 2
-    feature_cost = (pairs + count) * rows * mean_p * mean_p
-    return "gram" if gram_cost <= feature_cost else "features"
+    return cka_form(info.name, [tuple(t.shape) for t in tensors], pairs, conv=mode,
+                    max_rows=max_rows)

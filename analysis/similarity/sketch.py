@@ -2,18 +2,25 @@
 
 A sketch holds one `factor` that pairs are formed from (an orthonormal basis for the CCA
 family, a feature matrix or a packed Gram for CKA and NBS), plus the scalars and small
-tensors that the pair formulas normalise with."""
+tensors that the pair formulas normalise with.
+
+Sketches are shared between measures where they can be: every CCA measure is served by one
+"cca" sketch (basis, spectrum and the PWCCA weights' S V^T), from which `measure_view` cuts
+SVCCA's reduced basis; NBS and Procrustes share one "nbs" factor; each CKA variant has its
+own. `sketch_kind` names the shared sketch, `SKETCH_OPTIONS` the options that change it.
+`to_payload` and `from_payload` turn a sketch into plain tensors and scalars and back
+(what `torch.load(..., weights_only=True)` reads)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
 import torch
 
 from analysis.similarity import cka
-from analysis.similarity.registry import MeasureInfo
+from analysis.similarity.registry import MeasureInfo, get_measure
 
 EPS = torch.finfo(torch.float64).eps
 
@@ -25,7 +32,8 @@ class Sketch:
     n: rows; status: "ok" or why every pair with it is null; dim: effective dimension
     (rank for the CCA family, reduced dimension for svcca, columns of `factor` otherwise);
     factor: [n, dim] or a packed Gram [L]; norm: normaliser of the pair formula; extras:
-    measure-specific tensors (singular values, S V^T, unit means, row norms)."""
+    measure-specific tensors (singular values, S V^T, unit means, row norms); kind: the
+    `sketch_kind` it was built as ("" when built by hand)."""
 
     n: int
     status: str
@@ -35,6 +43,7 @@ class Sketch:
     factor: torch.Tensor | None = None
     norm: float = 0.0
     extras: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    kind: str = ""
 
 
 def centre(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -67,8 +76,9 @@ def fewest_reaching(weights: torch.Tensor, fraction: float) -> int:
     return int(torch.nonzero(reached)[0, 0]) + 1
 
 
-def cca_sketch(z: torch.Tensor, info: MeasureInfo, options: Mapping[str, Any]) -> Sketch:
-    """Orthonormal basis of the centred column space (SIMILARITY.md's rank rule)."""
+def cca_sketch(z: torch.Tensor) -> Sketch:
+    """Orthonormal basis of the centred column space (SIMILARITY.md's rank rule), with what
+    every CCA measure needs: the spectrum and, for the PWCCAs, S V^T over the live units."""
     n = z.shape[0]
     zc, live, means = centre(z)
     units = int(live.sum())
@@ -76,21 +86,24 @@ def cca_sketch(z: torch.Tensor, info: MeasureInfo, options: Mapping[str, Any]) -
         return Sketch(n=n, status="constant")
     u, s, vh = thin_svd(zc)
     rank = int(s.numel())
-    extras: dict[str, Any] = {}
-    if info.name == "svcca":
-        dim = fewest_reaching(s * s, options["variance"])
-        u = u[:, :dim]
-    else:
-        dim = rank
-    if info.name in ("pwcca", "pwcca_google"):
-        # <h_i, x_j> for a canonical variate h_i = U a_i and a centred unit x_j is
-        # (a_i^T S V^T)_j, so S V^T (over live units) is all the weights need.
-        extras["sv"] = (s[:, None] * vh)[:, live]
-        extras["s"] = s
-        extras["means"] = means[live]
-        extras["unit_sum"] = vh[:, live].sum(dim=1)
-    return Sketch(n=n, status="ok", dim=dim, rank=rank, units=units, factor=u,
+    # <h_i, x_j> for a canonical variate h_i = U a_i and a centred unit x_j is
+    # (a_i^T S V^T)_j, so S V^T (over live units) is all the PWCCA weights need.
+    extras = {"sv": (s[:, None] * vh)[:, live], "s": s, "means": means[live],
+              "unit_sum": vh[:, live].sum(dim=1)}
+    return Sketch(n=n, status="ok", dim=rank, rank=rank, units=units, factor=u,
                   extras=MappingProxyType(extras))
+
+
+def measure_view(sketch: Sketch, info: MeasureInfo, options: Mapping[str, Any]) -> Sketch:
+    """The sketch as measure `info` uses it: SVCCA keeps the fewest leading directions of the
+    "cca" basis whose squared singular values reach `variance` of the total; every other
+    measure uses its kind's sketch as it is."""
+    if info.name != "svcca" or sketch.status != "ok" or "s" not in sketch.extras:
+        return sketch  # (the last: already reduced)
+    s = sketch.extras["s"]
+    dim = fewest_reaching(s * s, options["variance"])
+    return Sketch(n=sketch.n, status="ok", dim=dim, rank=sketch.rank, units=sketch.units,
+                  factor=sketch.factor[:, :dim], kind=sketch.kind)
 
 
 def nbs_sketch(z: torch.Tensor) -> Sketch:
@@ -154,15 +167,68 @@ def _cka_result(n: int, factor: torch.Tensor, norm_sq: float,
                   norm=norm_sq ** 0.5, extras=MappingProxyType(dict(extras)))
 
 
+def sketch_kind(info: MeasureInfo) -> str:
+    """The sketch a measure's pairs are formed from: "cca" for the whole CCA family, "nbs"
+    for NBS and Procrustes, the measure's own name for each CKA variant."""
+    return info.family if info.family in ("cca", "nbs") else info.name
+
+
+# Measure options that change a kind's sketch (besides the reduction's `max_rows`); every
+# other option acts on pairs only (mean_cca's truncate, svcca's variance via measure_view).
+SKETCH_OPTIONS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "linear_cka_minibatch": ("batch_size",), "rbf_cka": ("threshold",)})
+
+
+def base_sketch(z: torch.Tensor, kind: str, options: Mapping[str, Any],
+                form: str = "gram") -> Sketch:
+    """The sketch of `kind` (see `sketch_kind`) of one reduced representation z: [n, p]; an
+    SVD that fails to converge gives status "linalg_error" (null pairs), not an exception."""
+    try:
+        if kind == "cca":
+            built = cca_sketch(z)
+        elif kind == "nbs":
+            built = nbs_sketch(z)
+        else:
+            built = cka_sketch(z, get_measure(kind), options, form)
+    except torch.linalg.LinAlgError:
+        built = Sketch(n=z.shape[0], status="linalg_error")
+    return replace(built, kind=kind)
+
+
 def build_sketch(z: torch.Tensor, info: MeasureInfo, options: Mapping[str, Any],
                  form: str = "gram") -> Sketch:
-    """The sketch of one reduced representation z: [n, p] for measure `info`; an SVD that
-    fails to converge gives status "linalg_error" (null pairs), not an exception."""
+    """The sketch of one reduced representation z: [n, p] as measure `info` uses it."""
+    return measure_view(base_sketch(z, sketch_kind(info), options, form), info, options)
+
+
+def sketch_bytes(sketch: Sketch) -> int:
+    """Memory held by the sketch's tensors."""
+    tensors = [sketch.factor, *sketch.extras.values()]
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def to_payload(sketch: Sketch) -> dict[str, Any]:
+    """The sketch as a dict of tensors, numbers and strings (torch.save-able, weights only).
+    Tensors are compact copies: torch.save writes a view's whole storage (U of a full SVD
+    for a rank-deficient basis) otherwise."""
+    def own(value: Any) -> Any:
+        return value.clone(memory_format=torch.contiguous_format) if isinstance(value, torch.Tensor) else value
+
+    return {"n": sketch.n, "status": sketch.status, "dim": sketch.dim, "rank": sketch.rank,
+            "units": sketch.units, "factor": own(sketch.factor), "norm": sketch.norm,
+            "extras": {k: own(v) for k, v in sketch.extras.items()}, "kind": sketch.kind}
+
+
+def from_payload(payload: Mapping[str, Any]) -> Sketch:
+    """The inverse of `to_payload`; ValueError when a field is missing or of the wrong type."""
     try:
-        if info.family == "cca":
-            return cca_sketch(z, info, options)
-        if info.family == "nbs":
-            return nbs_sketch(z)
-        return cka_sketch(z, info, options, form)
-    except torch.linalg.LinAlgError:
-        return Sketch(n=z.shape[0], status="linalg_error")
+        fields = {"n": int, "status": str, "dim": int, "rank": int, "units": int,
+                  "norm": float, "kind": str}
+        values = {k: payload[k] for k in fields}
+        factor, extras = payload["factor"], payload["extras"]
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"sketch payload lacks {error}; expected the fields of Sketch") from error
+    bad = [k for k, t in fields.items() if not isinstance(values[k], t)]
+    if bad or not (factor is None or isinstance(factor, torch.Tensor)) or not isinstance(extras, dict):
+        raise ValueError(f"sketch payload has fields of the wrong type: {bad or ['factor/extras']}")
+    return Sketch(**values, factor=factor, extras=MappingProxyType(dict(extras)))
