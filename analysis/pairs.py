@@ -94,12 +94,15 @@ def pair_set(reps: Sequence[Rep], *, layers: str, scope: str) -> list[tuple[Rep,
 
 def tiles(pairs: Sequence[tuple[Rep, Rep]], tile_size: int) -> list[Tile]:
     """Group pairs by (group, a_layer, b_layer) and cut each group into blocks of at most
-    `tile_size` reps a side, so that each tile is one batched `pairwise` call."""
+    `tile_size` reps a side, so that each tile is one batched call on one layer pair.
+
+    Tiles come layer pair by layer pair, each in `_block_order`: consecutive tiles share a
+    side wherever the pair set allows, so a tile actor's in-memory sketches serve the next."""
     groups: dict[tuple[str, str, str], list[tuple[Rep, Rep]]] = defaultdict(list)
     for a, b in pairs:
         groups[(a.group, a.layer, b.layer)].append((a, b))
     out = []
-    for members in groups.values():
+    for _, members in sorted(groups.items()):
         a_all = sorted({a for a, _ in members})
         b_all = sorted({b for _, b in members})
         a_block = {r: i // tile_size for i, r in enumerate(a_all)}
@@ -107,10 +110,32 @@ def tiles(pairs: Sequence[tuple[Rep, Rep]], tile_size: int) -> list[Tile]:
         blocks: dict[tuple[int, int], list[tuple[Rep, Rep]]] = defaultdict(list)
         for a, b in members:
             blocks[(a_block[a], b_block[b])].append((a, b))
-        for block_pairs in blocks.values():
+        for key in _block_order(blocks):
+            block_pairs = blocks[key]
             a_reps = tuple(sorted({a for a, _ in block_pairs}))
             b_reps = tuple(sorted({b for _, b in block_pairs}))
-            ai = {r: i for i, r in enumerate(a_reps)}
-            bi = {r: i for i, r in enumerate(b_reps)}
-            out.append(Tile(a_reps, b_reps, tuple((ai[a], bi[b]) for a, b in block_pairs)))
+            a_at = {r: i for i, r in enumerate(a_reps)}
+            b_at = {r: i for i, r in enumerate(b_reps)}
+            out.append(Tile(a_reps, b_reps, tuple((a_at[a], b_at[b]) for a, b in block_pairs)))
     return out
+
+
+def _block_order(keys: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Blocks (a_block, b_block) row by row from the last `a` block to the first; each row
+    starts at the `b` block the previous row ended on, then takes its other `b` blocks most
+    recently used first (new ones last). On a full rectangle this is a serpentine; on the
+    triangle of a symmetric pair set every step still shares a side (row i's b blocks
+    include row i + 1's)."""
+    by_row: dict[int, list[int]] = defaultdict(list)
+    for a_index, b_index in keys:
+        by_row[a_index].append(b_index)
+    used: dict[int, int] = {}
+    order: list[tuple[int, int]] = []
+    previous = None
+    for a_index in sorted(by_row, reverse=True):
+        row = sorted(by_row[a_index], key=lambda b: (b != previous, -used.get(b, -1), b))
+        for b_index in row:
+            order.append((a_index, b_index))
+            used[b_index] = len(order)
+        previous = row[-1]
+    return order

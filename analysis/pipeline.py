@@ -1,7 +1,8 @@
-"""The analysis stage on Ray Data: catalog → activations → pair tiles → Parquet.
+"""The analysis stage on Ray Data: catalog → activations → sketches → pair tiles → Parquet.
 
-Incremental and atomic: activations and similarity rows that exist are reused, each output file
-appears whole or not at all, and a re-run computes only what is missing.
+Incremental and atomic: activations, sketches (`analysis.sketches`) and similarity rows that
+exist are reused, each output file appears whole or not at all, and a re-run computes only what
+is missing.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import polars as pl
 from analysis.extract import CheckpointExtractor, products
 from analysis.catalog import build_catalog
 from analysis.pairs import Rep, Tile, pair_key, pair_set, tiles
+from analysis.sketches import SketchStore, activation_shape
 from analysis.specs import AnalysisSpec, analysis_id
 from analysis.tables import similarity_dir, to_arrow, update_columns, write_parquet_atomic
 
@@ -35,6 +37,7 @@ class AnalysisOutcome:
     pairs_total: dict[str, int]  # per measure: the pair set's size
     pairs_computed: dict[str, int]  # per measure: computed by this call
     wall_s: float
+    sketches_computed: dict[str, int] = field(default_factory=dict)  # per measure: not found stored
 
 
 def run_analysis(
@@ -58,17 +61,18 @@ def run_analysis(
     echo(f"analysis {aid}: {len(catalog)} checkpoints in sweep {sweep}")
     manifests, failed = _extract(catalog, spec, Path(workdir), echo, ray)
     reps = _reps(catalog, manifests)
-    total, computed = {}, {}
+    pairs = pair_set(reps, layers=spec.layers, scope=spec.scope)
+    total, computed, sketched = {}, {}, {}
     for measure in spec.measures:
-        pairs = pair_set(reps, layers=spec.layers, scope=spec.scope)
         done = _existing_keys(workdir, measure, aid)
         todo = [p for p in pairs if pair_key(*p) not in done]
         total[measure] = len(pairs)
-        computed[measure] = _similarity(todo, measure, spec, aid, Path(workdir), ray) if todo else 0
+        computed[measure], sketched[measure], loaded = (
+            _similarity(todo, pairs, measure, spec, aid, Path(workdir), ray) if todo else (0, 0, 0))
         echo(f"analysis {aid}: {measure}: {len(pairs)} pairs, {len(pairs) - len(todo)} already computed, "
-             f"{computed[measure]} new")
+             f"{computed[measure]} new; sketches: {sketched[measure]} computed, {loaded} read from disk")
     return AnalysisOutcome(aid, len(catalog), len(reps), tuple(failed), total, computed,
-                           time.perf_counter() - start)
+                           time.perf_counter() - start, sketched)
 
 
 class _LazyRay:
@@ -159,9 +163,12 @@ def _existing_keys(workdir: str | os.PathLike, measure: str, aid: str) -> set[tu
     return set(frame.iter_rows())
 
 
-def _similarity(todo, measure: str, spec: AnalysisSpec, aid: str, workdir: Path, ray) -> int:
-    """Evaluate the missing pairs tile by tile as Ray Data tasks; each tile writes one file."""
-    items = [{"tile": json.dumps(_tile_to_json(t))} for t in tiles(todo, spec.tile_size)]
+def _similarity(todo, pairs, measure: str, spec: AnalysisSpec, aid: str, workdir: Path, ray) -> tuple[int, int, int]:
+    """Evaluate the missing pairs tile by tile in a Ray Data actor; each tile writes one file.
+    Returns (rows written, sketches computed, sketches read from disk)."""
+    plans = _layer_pair_plans(pairs, measure, spec)
+    items = [{"tile": json.dumps({**_tile_to_json(t), **plans[(t.a[0].group, t.a[0].layer, t.b[0].layer)]})}
+             for t in tiles(todo, spec.tile_size)]
     ds = ray.data.from_items(items).map_batches(
         _TileWriter,
         fn_constructor_kwargs={"measure": measure, "spec_json": spec.model_dump_json(), "aid": aid,
@@ -170,7 +177,33 @@ def _similarity(todo, measure: str, spec: AnalysisSpec, aid: str, workdir: Path,
         batch_size=1,
         num_cpus=1,
     )
-    return int(sum(row["rows"] for row in ds.iter_rows()))
+    counts = np.array([[row["rows"], row["computed"], row["loaded"]] for row in ds.iter_rows()]).reshape(-1, 3)
+    return tuple(int(c) for c in counts.sum(axis=0))
+
+
+def _layer_pair_plans(pairs, measure: str, spec: AnalysisSpec) -> dict[tuple[str, str, str], dict]:
+    """Per (group, a_layer, b_layer): the activation shapes of each side and the CKA form, decided
+    on the layer pair's whole pair set (not only what is missing), so that a resumed or grown
+    analysis picks the sketches it stored before."""
+    from analysis.similarity import MEASURES, cka_form
+
+    members: dict[tuple[str, str, str], list] = {}
+    for a, b in pairs:
+        members.setdefault((a.group, a.layer, b.layer), []).append((a, b))
+    shapes: dict[tuple[str, str], tuple[int, ...]] = {}
+    max_rows = spec.options.get(measure, {}).get("max_rows")
+    plans = {}
+    for (group, a_layer, b_layer), layer_pairs in members.items():
+        for rep in (layer_pairs[0][0], layer_pairs[0][1]):
+            if (group, rep.layer) not in shapes:
+                shapes[(group, rep.layer)] = activation_shape(rep.path)
+        a_shape, b_shape = shapes[(group, a_layer)], shapes[(group, b_layer)]
+        reps = {a for a, _ in layer_pairs} | {b for _, b in layer_pairs}
+        rep_shapes = [a_shape if r.layer == a_layer else b_shape for r in sorted(reps)]
+        form = (cka_form(measure, rep_shapes, len(layer_pairs), conv=spec.conv, max_rows=max_rows)
+                if MEASURES[measure].family == "cka" else None)
+        plans[(group, a_layer, b_layer)] = {"a_shape": list(a_shape), "b_shape": list(b_shape), "form": form}
+    return plans
 
 
 def _tile_to_json(tile: Tile) -> dict:
@@ -178,54 +211,76 @@ def _tile_to_json(tile: Tile) -> dict:
 
 
 class _TileWriter:
-    """Ray Data actor: computes a tile's pairs with one batched `pairwise` call, writes its file."""
+    """Ray Data actor: a tile's pairs from the sketches of its representations (stored, kept in
+    memory from earlier tiles, or computed once), evaluated block by block; writes its file."""
 
     def __init__(self, measure: str, spec_json: str, aid: str, workdir: str):
         self.measure, self.aid, self.workdir = measure, aid, Path(workdir)
         self.spec = AnalysisSpec.model_validate_json(spec_json)
+        self.store = SketchStore(self.workdir)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        return {"rows": [self._tile(json.loads(str(t))) for t in batch["tile"]]}
+        out: dict[str, list] = {"rows": [], "computed": [], "loaded": []}
+        for t in batch["tile"]:
+            computed, loaded = self.store.computed, self.store.loaded
+            out["rows"].append(self._tile(json.loads(str(t))))
+            out["computed"].append(self.store.computed - computed)
+            out["loaded"].append(self.store.loaded - loaded)
+        return out
 
     def _tile(self, data: dict) -> int:
-        from analysis.similarity import pairwise
+        from analysis.similarity import pairwise_sketches, resolve_conv, sketch_spec
 
         a = tuple(Rep(**r) for r in data["a"])
         b = tuple(Rep(**r) for r in data["b"])
         tile = Tile(a, b, tuple(tuple(p) for p in data["pairs"]))
-        xs = [np.load(r.path) for r in a]
-        ys = xs if a == b else [np.load(r.path) for r in b]
         options = self.spec.options.get(self.measure, {})
-        result = pairwise(xs, None if a == b else ys, measure=self.measure, conv=self.spec.conv, **options)
-        conv_mode = result.conv if xs[0].ndim == 4 else "none"
-        # The CCA family reports the ranks it used; for the others the effective dimension is
-        # the number of units that vary over the probe set (dead units excluded).
-        a_live = [live_units(x) for x in xs]
-        b_live = a_live if a == b else [live_units(y) for y in ys]
-        rows = []
+        mode = resolve_conv(self.measure, self.spec.conv)
+        a_shape, b_shape = tuple(data["a_shape"]), tuple(data["b_shape"])
+        target = _common_size(a_shape, b_shape) if mode == "spatial" else None
+        same = a == b
+        specs = [sketch_spec(self.measure, shape, conv=mode, target=target, form=data["form"], **options)
+                 for shape in (a_shape, b_shape)]
+        rows = self._prepared(a, specs[0], a_shape)
+        cols = rows if same else self._prepared(b, specs[1], b_shape)
+        result = pairwise_sketches([r.sketch for r in rows], None if same else [c.sketch for c in cols],
+                                   measure=self.measure, conv=mode, pairs=tile.pairs, **options)
+        conv_mode = mode if len(a_shape) == 4 else "none"
+        out = []
         for i, j in tile.pairs:
             value = float(result.values[i, j])
-            rows.append({
+            out.append({
                 "analysis_id": self.aid,
                 "a_checkpoint_id": a[i].checkpoint_id, "a_lineage_id": a[i].lineage_id, "a_level": a[i].level,
                 "a_layer": a[i].layer,
                 "b_checkpoint_id": b[j].checkpoint_id, "b_lineage_id": b[j].lineage_id, "b_level": b[j].level,
                 "b_layer": b[j].layer,
-                "value": None if np.isnan(value) else value, "n_examples": int(xs[0].shape[0]),
-                "a_dim": _dim(result.a_dim[i, j], a_live[i]), "b_dim": _dim(result.b_dim[i, j], b_live[j]),
+                "value": None if np.isnan(value) else value, "n_examples": int(a_shape[0]),
+                # The CCA family reports the ranks it used; for the others the effective
+                # dimension is the number of units that vary over the probe set.
+                "a_dim": _dim(result.a_dim[i, j], rows[i].live_units),
+                "b_dim": _dim(result.b_dim[i, j], cols[j].live_units),
                 "conv_mode": conv_mode,
                 "options": json.dumps(options, sort_keys=True), "status": str(result.status[i, j]),
             })
         path = similarity_dir(self.workdir, self.measure) / f"part-{self.aid}-{tile.tile_id}.parquet"
-        write_parquet_atomic(to_arrow(rows, "similarity"), path)
-        return len(rows)
+        write_parquet_atomic(to_arrow(out, "similarity"), path)
+        return len(out)
+
+    def _prepared(self, reps: tuple[Rep, ...], spec, shape: tuple[int, ...]) -> list:
+        prepared = [self.store.get(r.path, spec) for r in reps]
+        for rep, p in zip(reps, prepared):
+            if p.shape != shape:
+                raise ValueError(f"activation of {rep.checkpoint_id} {rep.layer} has shape {p.shape}; "
+                                 f"expected {shape} like the rest of its layer")
+        return prepared
 
 
-def live_units(x: np.ndarray) -> int:
-    """Units (features; channels of conv maps) whose activation varies over the probe set."""
-    flat = x.reshape(len(x), x.shape[1], -1) if x.ndim == 4 else x.reshape(len(x), -1)
-    spread = flat.max(axis=0) - flat.min(axis=0)
-    return int((spread.reshape(spread.shape[0], -1).max(axis=1) > 0).sum())
+def _common_size(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> tuple[int, int]:
+    """The spatial size both sides are pooled to in `spatial` mode (2-D layers count as 1 x 1)."""
+    a = a_shape[2:] if len(a_shape) == 4 else (1, 1)
+    b = b_shape[2:] if len(b_shape) == 4 else (1, 1)
+    return (min(a[0], b[0]), min(a[1], b[1]))
 
 
 def _dim(reported: int, live: int) -> int:

@@ -139,3 +139,19 @@ def test_interrupted_analysis_resumes_to_the_same_tables(workdir, tmp_path):
     got, want = _sim(workdir).sort(key), _sim(reference).sort(key)
     assert got.height == want.height == 2 * 21 * 3
     assert got.select(key + ["value", "status"]).equals(want.select(key + ["value", "status"]))
+
+
+def test_sketches_are_stored_once_and_reused_by_reruns_and_measures(workdir):
+    first = _analyze(workdir, measures=("linear_cka", "pwcca"), scope="lineage")
+    assert first.sketches_computed["pwcca"] == 6 * 3  # one per representation, not per tile
+    stored = {p: p.stat().st_mtime_ns for p in (workdir / "analysis" / "sketches").rglob("*.pt")}
+    assert len(stored) >= 6 * 3
+    key = ["measure", "a_checkpoint_id", "a_layer", "b_checkpoint_id", "b_layer"]
+    rows = _sim(workdir).sort(key)
+    shutil.rmtree(workdir / "tables" / "similarity")
+    again = _analyze(workdir, measures=("linear_cka", "pwcca", "mean_cca"), scope="lineage")
+    assert again.sketches_computed["pwcca"] == again.sketches_computed["mean_cca"] == 0
+    assert {p: p.stat().st_mtime_ns for p in (workdir / "analysis" / "sketches").rglob("*.pt")} == stored
+    got = _sim(workdir).filter(pl.col("measure") != "mean_cca").sort(key)
+    assert got.select(key + ["value", "status", "a_dim", "b_dim"]).equals(
+        rows.select(key + ["value", "status", "a_dim", "b_dim"]))

@@ -74,3 +74,13 @@ def test_unknown_scope_or_layers():
         pair_set(_reps(), layers="same", scope="everything")
     with pytest.raises(ValueError, match="unknown layers 'some'"):
         pair_set(_reps(), layers="some", scope="all")
+
+
+def test_consecutive_tiles_share_a_side():
+    reps = _reps(n_lineages=4, n_levels=4)
+    found = tiles(pair_set(reps, layers="same", scope="all"), 3)
+    layer_pairs = [(t.a[0].layer, t.b[0].layer) for t in found]
+    assert layer_pairs == sorted(layer_pairs)  # one layer pair after the other
+    for before, after in zip(found, found[1:]):
+        if before.a[0].layer == after.a[0].layer:
+            assert before.a == after.a or before.b == after.b

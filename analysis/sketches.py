@@ -1,0 +1,136 @@
+"""Per-representation sketches of the analysis stage, computed once and kept for every tile and
+every re-run: on disk when small next to the activation, in the tile actor's memory otherwise.
+
+Where: `<workdir>/analysis/sketches/<probe_key>/<checkpoint_id>/<layer>/<SketchSpec.key>.pt`,
+one file per representation and sketch spec (kind, conv mode, pooled spatial size, CKA form and
+the options that change it; one "cca" sketch serves every CCA measure, one "nbs" sketch NBS and
+Procrustes). Each file holds the sketch's tensors and numbers plus what a similarity row needs
+of the representation (shape, live units), the spec key and the size and mtime of the activation
+file it came from. Written to a temporary name and renamed; read with
+`torch.load(..., weights_only=True)`; a file that is unreadable, of another key or of other
+activations is recomputed and replaced.
+
+The size rule: a sketch is stored when its tensors take at most `STORE_RATIO` (4) times the
+bytes of its activation file (float32). CCA bases ([n, rank] float64 plus S V^T [rank, p]), NBS
+factors and CKA feature-form sketches hold at most the activation in float64 plus a [p, p]
+block: about 2x the file, 4x when p reaches n, so they are always stored. A packed centred
+Gram (CKA's Gram form, n(n+1)/2 float64) is 4n^2 bytes against 4np: it is stored when
+n <= 4p (512 units on 1,000 probe examples: 4 MB beside a 2 MB activation), not beyond
+(512 units on 5,000 examples: 100 MB beside 10 MB). Unstored sketches live in an in-process
+LRU bounded by `CACHE_BYTES`; `analysis.pairs.tiles` orders tiles so that consecutive tiles
+share representations, and a re-run recomputes a Gram only for representations with new pairs.
+"""
+from __future__ import annotations
+
+import io
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from analysis.similarity import Sketch, SketchSpec, from_payload, sketch, sketch_bytes, to_payload
+from trainables.checkpoints import atomic_write_bytes
+from trainables.ids import digest
+
+STORE_RATIO = 4.0
+CACHE_BYTES = 2 << 30  # in-memory sketches per tile actor (those of the current tile are kept regardless)
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A representation's sketch for one spec, and what its similarity rows need of it."""
+
+    sketch: Sketch
+    shape: tuple[int, ...]  # of the activation: [n, p] or [n, c, h, w]
+    live_units: int  # units (channels of conv maps) that vary over the probe set
+
+
+def live_units(x: np.ndarray) -> int:
+    """Units (features; channels of conv maps) whose activation varies over the probe set."""
+    flat = x.reshape(len(x), x.shape[1], -1) if x.ndim == 4 else x.reshape(len(x), -1)
+    spread = flat.max(axis=0) - flat.min(axis=0)
+    return int((spread.reshape(spread.shape[0], -1).max(axis=1) > 0).sum())
+
+
+def activation_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """The shape of a stored activation, read from its `.npy` header only."""
+    return tuple(int(d) for d in np.load(path, mmap_mode="r").shape)
+
+
+class SketchStore:
+    """Sketches by (activation file, spec): from memory, else from disk, else computed from the
+    activation (and stored when the size rule allows). Counts what it did in `computed`,
+    `loaded` (from disk) and `stored`."""
+
+    def __init__(self, workdir: str | os.PathLike, *, store_ratio: float = STORE_RATIO,
+                 cache_bytes: int = CACHE_BYTES):
+        self.workdir, self.store_ratio, self.cache_bytes = Path(workdir), store_ratio, cache_bytes
+        self._cache: OrderedDict[tuple[str, str], tuple[Prepared, int]] = OrderedDict()
+        self._held = 0
+        self.computed = self.loaded = self.stored = 0
+
+    def path(self, activation: str | os.PathLike, spec: SketchSpec) -> Path:
+        """Where the sketch of `activation` under `spec` is (or would be) stored."""
+        activation = Path(activation)
+        root = self.workdir / "analysis" / "activations"
+        try:
+            folder = activation.with_suffix("").relative_to(root)
+        except ValueError:  # activations elsewhere: one folder per file
+            folder = Path("other") / digest(str(activation))
+        return self.workdir / "analysis" / "sketches" / folder / f"{spec.key}.pt"
+
+    def get(self, activation: str | os.PathLike, spec: SketchSpec) -> Prepared:
+        key = (str(activation), spec.key)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key][0]
+        file = self.path(activation, spec)
+        prepared = self._load(file, activation, spec) if file.exists() else None
+        if prepared is None:
+            prepared = self._compute(file, activation, spec)
+        else:
+            self.loaded += 1
+        self._remember(key, prepared)
+        return prepared
+
+    def _load(self, file: Path, activation: str | os.PathLike, spec: SketchSpec) -> Prepared | None:
+        """The stored sketch, or None when the file is unreadable or belongs to something else."""
+        try:
+            payload = torch.load(file, map_location="cpu", weights_only=True)
+            if (payload["version"] != FORMAT_VERSION or payload["key"] != spec.key
+                    or payload["source"] != _source(activation)):
+                return None
+            return Prepared(from_payload(payload["sketch"]), tuple(payload["shape"]), int(payload["live_units"]))
+        except Exception:  # truncated, corrupted or foreign: recompute and replace it
+            return None
+
+    def _compute(self, file: Path, activation: str | os.PathLike, spec: SketchSpec) -> Prepared:
+        x = np.load(activation)
+        prepared = Prepared(sketch(x, spec), tuple(int(d) for d in x.shape), live_units(x))
+        self.computed += 1
+        if sketch_bytes(prepared.sketch) <= self.store_ratio * os.path.getsize(activation):
+            buffer = io.BytesIO()
+            torch.save({"version": FORMAT_VERSION, "key": spec.key, "source": _source(activation),
+                        "shape": list(prepared.shape), "live_units": prepared.live_units,
+                        "sketch": to_payload(prepared.sketch)}, buffer)
+            atomic_write_bytes(file, buffer.getvalue())
+            self.stored += 1
+        return prepared
+
+    def _remember(self, key: tuple[str, str], prepared: Prepared) -> None:
+        size = sketch_bytes(prepared.sketch)
+        self._cache[key] = (prepared, size)
+        self._held += size
+        while self._held > self.cache_bytes and len(self._cache) > 1:
+            _, (_, dropped) = self._cache.popitem(last=False)
+            self._held -= dropped
+
+
+def _source(activation: str | os.PathLike) -> list[int]:
+    """Size and mtime of the activation file: a sketch of other activations is stale."""
+    stat = os.stat(activation)
+    return [int(stat.st_size), int(stat.st_mtime_ns)]
