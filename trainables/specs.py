@@ -12,7 +12,7 @@ SCHEMA_VERSION = 1
 # Fields of LineageSpec that say where and how fast, never what: they never enter ids.
 RUNTIME_FIELDS = frozenset(
     {"data_root", "download", "device", "compile", "fuse", "num_workers", "checkpoint_every_epochs",
-     "max_device_data_gb"}
+     "max_device_data_gb", "report_every_s"}
 )
 
 # Keywords of `prune.exclude`; any other entry is a glob over parameter names.
@@ -153,6 +153,10 @@ class LineageSpec(_Spec):
     fuse: int = Field(1, ge=1, description="Lineages trained together in one process.")
     num_workers: int = Field(0, ge=0, description="Data-loading workers (streaming path).")
     checkpoint_every_epochs: int = Field(1, ge=1, description="Progress checkpoint period.")
+    report_every_s: float | None = Field(
+        300.0, ge=0, description="Within a level, a Tune report at the first progress checkpoint this many "
+        "seconds after the trial's last report (0: at every one; null: once per level only)."
+    )
     max_device_data_gb: float = Field(
         4.0, gt=0, description="Datasets up to this size live on the training device; larger ones stream."
     )

@@ -1,4 +1,5 @@
-"""The Ray Tune function trainable: one trial runs one lineage and reports once per level.
+"""The Ray Tune function trainable: one trial runs one lineage and reports once per level, and
+within a long level at progress checkpoints (see `_Recorder`).
 
 The only module of `trainables` that imports `ray.tune`. The lineage resumes from its own
 checkpoints in the workdir (by lineage id), so a retried trial, or a trial of a new driver after
@@ -7,7 +8,9 @@ the old one died, continues where the lineage stopped rather than where Tune thi
 from __future__ import annotations
 
 import json
+import math
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ from trainables.ids import lineage_id
 from trainables.lineage import LevelResult, run_lineage
 from trainables.specs import LineageSpec, with_overrides
 from trainables.tracking import (
-    TAG, TrackingRef, ensure_parent_run, find_level_runs, lineage_tags, log_level, set_lineage_status,
+    LEVEL_METRICS, TAG, TrackingRef, ensure_parent_run, find_level_runs, lineage_tags, log_level, set_lineage_status,
 )
 
 
@@ -58,7 +61,8 @@ def lineage_trainable(config: dict[str, Any]) -> None:
         )
     recorder = _Recorder(spec, tracking)
     try:
-        run_lineage(spec, workdir=lineage["workdir"], device=spec.device, on_level=recorder.level)
+        run_lineage(spec, workdir=lineage["workdir"], device=spec.device, on_level=recorder.level,
+                    on_epoch=recorder.epoch)
     except BaseException:
         recorder.finish("FAILED")
         raise
@@ -66,25 +70,59 @@ def lineage_trainable(config: dict[str, Any]) -> None:
 
 
 class _Recorder:
-    """MLflow and Tune reporting of one lineage's levels (shared by single and fused trials)."""
+    """MLflow and Tune reporting of one lineage (shared by single and fused trials).
+
+    Tune gets one report per level (`kind: "level"`), and within a level one at the first
+    progress checkpoint `spec.report_every_s` seconds after the last report (`kind: "epoch"`),
+    so that a long level shows progress. An epoch report cannot pass for a level: its `level`,
+    metrics (the search metric among them, which Tune requires in every result) and checkpoint
+    pointer are those of the last complete level (-1, NaN and no checkpoint before level 0 is
+    complete), so ASHA's time attribute `level` advances on level reports only and a searcher
+    sees level metrics only; `training_level` and `training_epoch` say where training stands. A
+    trial ends on a level report, the result Optuna takes as the trial's value.
+    """
 
     def __init__(self, spec: LineageSpec, tracking: dict[str, str]):
         self.client = MlflowClient(tracking["tracking_uri"])
         self.ref = TrackingRef(**tracking)
         self.tags = {k: v for k, v in lineage_tags(spec, self.ref.code_rev).items() if k != f"{TAG}kind"}
-        self.known = find_level_runs(self.client, lineage_id(spec), [self.ref.experiment_id])
+        self.lineage_id = lineage_id(spec)
+        self.known = find_level_runs(self.client, self.lineage_id, [self.ref.experiment_id])
         self.n_levels = spec.prune.n_levels + 1
+        self.report_every_s = spec.report_every_s
+        self.last_level: LevelResult | None = None
+        self.reported_at = time.monotonic()
         set_lineage_status(self.client, self.ref.parent_run_id, "RUNNING")
 
     def level(self, result: LevelResult) -> None:
         log_level(self.client, self.ref, result, tags=self.tags, known=self.known)
-        metrics = {"level": result.level, "n_levels": self.n_levels, "resumed": result.resumed,
-                   "lineage_id": result.lineage_id, **result.metrics}
-        with tempfile.TemporaryDirectory() as tmp:
-            pointer = {"lineage_id": result.lineage_id, "level": result.level,
-                       "checkpoint_id": result.checkpoint_id, "path": str(result.checkpoint_dir)}
-            Path(tmp, "pointer.json").write_text(json.dumps(pointer))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        self.last_level = result
+        self._report({"kind": "level", "level": result.level, "resumed": result.resumed, **result.metrics}, result)
+
+    def epoch(self, level: int, epoch: int) -> None:
+        """After the progress checkpoint of `epoch` (epochs done) of `level`: report if it is time."""
+        last = self.last_level
+        done = -1 if last is None else last.level
+        if done != level - 1:  # a lineage of a bundle that stopped early: the others train `level`
+            return
+        if self.report_every_s is None or time.monotonic() - self.reported_at < self.report_every_s:
+            return
+        metrics = dict.fromkeys(LEVEL_METRICS, math.nan) if last is None else last.metrics
+        self._report({"kind": "epoch", "level": done, "resumed": False, **metrics,
+                      "training_level": level, "training_epoch": epoch}, last)
+
+    def _report(self, metrics: dict[str, Any], level: LevelResult | None) -> None:
+        """tune.report with a pointer to `level`'s checkpoint (Tune's checkpoints stay tiny)."""
+        metrics = {**metrics, "n_levels": self.n_levels, "lineage_id": self.lineage_id}
+        if level is None:
+            tune.report(metrics)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                pointer = {"lineage_id": level.lineage_id, "level": level.level,
+                           "checkpoint_id": level.checkpoint_id, "path": str(level.checkpoint_dir)}
+                Path(tmp, "pointer.json").write_text(json.dumps(pointer))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        self.reported_at = time.monotonic()
 
     def finish(self, status: str) -> None:
         set_lineage_status(self.client, self.ref.parent_run_id, status)
@@ -97,9 +135,14 @@ def _bundle_trainable(bundle: list[dict[str, Any]]) -> None:
 
     specs = [LineageSpec.model_validate(item["spec"]) for item in bundle]
     recorders = {lineage_id(s): _Recorder(s, item["tracking"]) for s, item in zip(specs, bundle)}
+
+    def on_epoch(level: int, epoch: int) -> None:
+        for recorder in recorders.values():
+            recorder.epoch(level, epoch)
+
     try:
         run_bundle(specs, workdir=bundle[0]["workdir"], device=specs[0].device,
-                   on_level=lambda result: recorders[result.lineage_id].level(result))
+                   on_level=lambda result: recorders[result.lineage_id].level(result), on_epoch=on_epoch)
     except BaseException:
         for recorder in recorders.values():
             recorder.finish("FAILED")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from trainables import LineageSpec, load_checkpoint, run_lineage
+from trainables import LineageSpec, lineage_id, load_checkpoint, run_lineage
 from trainables import checkpoints as ckpt
 from trainables.lineage import _Run
 from trainables.schedules import level_plans
@@ -159,6 +159,13 @@ def test_bad_specs_name_field_and_options(fields, match):
         LineageSpec.model_validate(raw)
     text = str(info.value).replace("\n  ", ".").replace("\n", " ")
     assert match.split(".")[-1] in text
+
+
+def test_report_period_is_a_runtime_field(tiny_spec):
+    assert tiny_spec().report_every_s == 300.0
+    assert lineage_id(tiny_spec(report_every_s=0)) == lineage_id(tiny_spec(report_every_s=None)) == lineage_id(tiny_spec())
+    with pytest.raises(ValidationError, match="report_every_s"):
+        tiny_spec(report_every_s=-1)
 
 
 def test_stop_rule_ends_the_lineage_when_a_layer_loses_its_units(tiny_spec, tmp_path):
