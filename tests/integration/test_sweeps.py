@@ -1,6 +1,8 @@
 """Sweeps on real Ray and MLflow: search, a shared lineage, a real mlflow server, a trial killed."""
 from __future__ import annotations
 
+import json
+import math
 import os
 import signal
 import threading
@@ -40,6 +42,45 @@ def test_optuna_search_runs_num_samples_and_resumes_nothing(tmp_path, ray_shutdo
     before = _kinds(mlflow_runs(sweep.resolved_tracking_uri))
     run_sweep(sweep, echo=lambda _: None)
     assert _kinds(mlflow_runs(sweep.resolved_tracking_uri)) == before
+
+
+def _tune_results(trial_dir) -> list[dict]:
+    """Every result a trial reported to Tune, in order."""
+    return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
+
+
+def test_long_levels_report_epochs_and_a_search_still_sees_levels(tmp_path, ray_shutdown):
+    """With report_every_s: 0 every progress checkpoint of a level is also a Tune report (2 in a
+    level of 3 epochs). Optuna and ASHA need the metric in each of them, and must see levels only:
+    an epoch report repeats the last complete level (its metrics and checkpoint pointer)."""
+    raw = tiny_sweep(tmp_path, name="epochs", train={"lr": 0.05, "batch_size": 128, "epochs": 3}, report_every_s=0,
+                     prune={"rate": 0.2, "levels": 1, "exclude": ["bias"]})
+    raw.pop("grid")
+    raw["search"] = {"space": {"train.lr": {"type": "loguniform", "low": 0.01, "high": 0.2}},
+                     "num_samples": 3, "seed": 1, "asha": {"grace_period": 1, "reduction_factor": 2}}
+    sweep = load_sweep(raw)
+    lines: list[str] = []
+    outcome = run_sweep(sweep, echo=lines.append)
+    assert outcome.failed == () and outcome.n_lineages == 3
+    assert any("[3/3 done" in line for line in lines)
+    trials = [p for p in (sweep.workdir_path / "ray" / "epochs").iterdir() if p.is_dir()]
+    assert len(trials) == 3  # exactly num_samples lineages
+    for trial in trials:
+        results = _tune_results(trial)
+        levels = [r for r in results if r["kind"] == "level"]
+        assert [r["level"] for r in levels] == [0, 1]
+        assert [r["kind"] for r in results] == ["epoch", "epoch", "level"] * len(levels)
+        assert results[-1]["kind"] == "level"  # the result Optuna takes as the trial's value
+        for r in results[:2]:  # level 0 in training: no level is complete yet
+            assert (r["level"], r["training_level"]) == (-1, 0) and math.isnan(r["test_acc"])
+            assert r.get("checkpoint_dir_name") is None
+        for k, level in enumerate(levels[:-1]):
+            for r in results[3 * k + 3 : 3 * k + 5]:
+                assert (r["level"], r["training_level"], r["training_epoch"]) == (k, k + 1, r["training_epoch"])
+                assert r["test_acc"] == level["test_acc"] and r["sparsity"] == level["sparsity"]
+                pointer = json.loads((trial / r["checkpoint_dir_name"] / "pointer.json").read_text())
+                assert pointer["level"] == k
+        assert [r["training_epoch"] for r in results if r["kind"] == "epoch"] == [1, 2] * len(levels)
 
 
 def test_overlapping_sweeps_share_a_lineage(tmp_path, ray_shutdown):
