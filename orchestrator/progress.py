@@ -7,7 +7,8 @@ from ray.tune import Callback
 
 
 class ProgressCallback(Callback):
-    """One line per level result and per finished or failed lineage."""
+    """One line per level result, per epoch report of a long level, and per finished or failed
+    lineage."""
 
     def __init__(self, echo: Callable[[str], None], expected: int):
         self.echo = echo
@@ -28,6 +29,10 @@ class ProgressCallback(Callback):
         lineage = result["lineage_id"]
         self.trials.setdefault(trial.trial_id, set()).add(lineage)
         self.levels[lineage] = (int(result["level"]) + 1, int(result["n_levels"]))
+        if result.get("kind") == "epoch":  # a long level's progress, not a finished level
+            self.echo(f"{self._counts()} {lineage} L{int(result['training_level']):02d} "
+                      f"epoch {int(result['training_epoch'])}")
+            return
         how = "read back" if result.get("resumed") else f"{result['wall_s']:.1f}s"
         self.echo(f"{self._counts()} {result['lineage_id']} L{int(result['level']):02d}: "
                   f"sparsity {result['sparsity']:.3f} test_acc {result['test_acc']:.4f} ({how})")
