@@ -185,7 +185,7 @@ def test_ray_storage_on_s3(tmp_path, s3_server, ray_shutdown):
 def test_fused_bundle_keeps_per_lineage_records(tmp_path, ray_shutdown):
     from trainables import load_checkpoint
 
-    sweep = load_sweep(tiny_sweep(tmp_path / "w", name="fused", fuse=2))
+    sweep = load_sweep(tiny_sweep(tmp_path / "w", name="fused", fuse=2, report_every_s=0))
     lines: list[str] = []
     outcome = run_sweep(sweep, echo=lines.append)
     assert outcome.failed == ()
@@ -200,3 +200,9 @@ def test_fused_bundle_keeps_per_lineage_records(tmp_path, ray_shutdown):
             assert stored.fused
     trial_dirs = {p.name for p in (sweep.workdir_path / "ray" / "fused").iterdir() if p.is_dir()}
     assert f"{plans[0].lineage_id}-x2" in trial_dirs  # one Ray trial for the bundle
+    # every lineage of the bundle reports its long levels' epochs, and its levels, in order
+    results = _tune_results(sweep.workdir_path / "ray" / "fused" / f"{plans[0].lineage_id}-x2")
+    for plan in plans:
+        mine = [r for r in results if r["lineage_id"] == plan.lineage_id]
+        assert [(r["kind"], r.get("training_level", r["level"])) for r in mine] == [
+            ("epoch", 0), ("level", 0), ("epoch", 1), ("level", 1), ("epoch", 2), ("level", 2)]
