@@ -9,7 +9,8 @@ state directly and nothing needs copying back and forth.
 
 `StackedOptimizer` repeats, op for op, the CPU (single-tensor) arithmetic of `torch.optim.SGD`
 and `torch.optim.Adam` as `trainables.loop.make_optimizer` configures them, on the stacked
-tensors, then zeroes pruned weights and their buffers as `train_epoch` does. Elementwise ops on a
+tensors, then zeroes pruned weights and their buffers (`train_epoch` zeroes the pruned gradients
+before the step instead; both leave every value the same, see `trainables.fastmask`). Elementwise ops on a
 stack give each slice what they give it alone; only the batched matrix products round
 differently from one-at-a-time products (about 1e-7 relative per step on CPU).
 """
