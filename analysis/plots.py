@@ -155,6 +155,59 @@ def locality_by_level(receptive_fields: pl.DataFrame, levels: pl.DataFrame) -> F
     return fig
 
 
+def displacement_histograms(displacements: pl.DataFrame, levels: pl.DataFrame, *,
+                            lineages: pl.DataFrame | None = None) -> Figure:
+    """Distances between pairs of one unit's surviving first-layer inputs, by level: one row of
+    panels per (config, layer), same-channel pairs left and different-channel pairs right (that
+    column only when the inputs have several channels), one line per level (pooled over the
+    config's lineages), each the fraction of its pairs at each distance. The dense level keeps
+    every input, so its line is what a random mask gives: a sparse level above it at short
+    distances has kept local receptive fields."""
+    df = displacements.join(levels.select("checkpoint_id", "lineage_id", "level", "sparsity"),
+                            on="checkpoint_id", how="inner")
+    if df.is_empty() or df.select(pl.col("same_channel").sum() + pl.col("cross_channel").sum()).item() == 0:
+        raise ValueError("displacement_histograms: no displacement counts for these levels")
+    df = _with_config(df, lineages, "lineage_id")
+    stats = (df.group_by("config_id", "layer", "level", "distance")
+             .agg(pl.col("same_channel").sum(), pl.col("cross_channel").sum(), pl.col("sparsity").mean())
+             .sort("config_id", "layer", "level", "distance"))
+    kinds = [("same_channel", "same channel")]
+    if stats["cross_channel"].sum() > 0:
+        kinds.append(("cross_channel", "different channel"))
+    depth = {layer: i for i, layer in enumerate(sort_layers(stats["layer"].unique().to_list()))}
+    panels = sorted(set(stats.select("config_id", "layer").iter_rows()), key=lambda k: (k[0], depth[k[1]]))
+    labels = config_labels(lineages) if lineages is not None and not lineages.is_empty() else {}
+    level_list = sorted(stats["level"].unique().to_list())
+    colors = colormaps["viridis"]
+    fig = Figure(figsize=(5.2 * len(kinds) + 0.6, 3.6 * len(panels) + 0.6), layout="constrained")
+    axes = fig.subplots(len(panels), len(kinds), squeeze=False, sharex="row")
+    for row, (config, layer) in enumerate(panels):
+        part = stats.filter((pl.col("config_id") == config) & (pl.col("layer") == layer))
+        for col, (column, title) in enumerate(kinds):
+            ax = axes[row][col]
+            for lv in level_list:
+                line = part.filter(pl.col("level") == lv)
+                total = line[column].sum()
+                if total == 0:
+                    continue
+                ax.plot(line["distance"].to_numpy(), line[column].to_numpy() / total, drawstyle="steps-mid",
+                        color=colors(lv / max(level_list[-1], 1)),
+                        label=f"L{lv} (sparsity {line['sparsity'].mean():.2f})")
+            ax.set_title(f"{labels.get(config, config)}: {layer}, {title}", fontsize="medium")
+            ax.set_xlabel("distance between the two inputs (pixels)")
+            ax.set_ylabel("fraction of pairs")
+            ax.grid(alpha=0.3)
+    handles = [ax for ax in fig.axes if _lines(ax)]
+    if handles:
+        handles[0].legend(fontsize="x-small", ncol=1 + len(level_list) // 8)
+    fig.suptitle("Pairwise distances of surviving first-layer inputs by level")
+    return fig
+
+
+def _lines(ax) -> list:
+    return [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+
+
 def receptive_field_images(masks: Sequence[tuple[str, np.ndarray]], input_shape: tuple[int, ...], *,
                            units: Sequence[int]) -> Figure:
     """Surviving connections of a few first-layer `units`, drawn in input space: one row per

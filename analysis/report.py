@@ -94,7 +94,8 @@ def _sections(frames: dict[str, pl.DataFrame], folder: Path) -> list[tuple[str, 
         rows = _one_analysis(similarity.filter(pl.col("measure") == measure))
         sections.append((f"Similarity: {measure}", _similarity_items(rows, levels, lineages, measure, folder)))
     sections.append(("PSP-entropy", _entropy_items(frames["neurons"], levels, folder)))
-    sections.append(("Receptive fields", _receptive_items(frames["receptive_fields"], levels, lineages, folder)))
+    sections.append(("Receptive fields", _receptive_items(frames["receptive_fields"], levels, lineages, folder)
+                     + _displacement_items(frames["displacements"], levels, lineages, folder)))
     return sections
 
 
@@ -211,6 +212,21 @@ def _receptive_items(rf: pl.DataFrame, levels: pl.DataFrame, lineages: pl.DataFr
                            caption="Locality of each unit's surviving inputs by level, pooled over lineages "
                                    "(0 = as spread out as a random mask, 1 = a compact patch)."))
     return items
+
+
+def _displacement_items(displacements: pl.DataFrame, levels: pl.DataFrame, lineages: pl.DataFrame,
+                        folder: Path) -> list[_Item]:
+    try:
+        fig = plots.displacement_histograms(displacements, levels, lineages=lineages)
+    except ValueError:
+        return [_Item(note="No displacements table (distances between surviving first-layer inputs) "
+                           "for this sweep: it needs a fully connected first layer.")]
+    return [_Item(png=_save(fig, folder, "displacement_histograms"),
+                  caption="Distances between pairs of surviving inputs of one first-layer unit, by level, pooled "
+                          "over lineages (fraction of each level's pairs; same input channel left, different "
+                          "channels right when the inputs have several). The dense level keeps every input, so "
+                          "its line is the random-mask baseline: sparse levels above it at short distances have "
+                          "kept local receptive fields.")]
 
 
 def _first_layer_masks(dense: dict, sparse: dict, lineage: dict, shapes: dict[str, tuple]

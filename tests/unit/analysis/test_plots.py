@@ -145,6 +145,42 @@ def test_locality_by_level_has_a_box_per_level_and_drops_undefined_values():
         plots.locality_by_level(_frame(rows[:1], "receptive_fields"), levels)
 
 
+def _displacements(levels: pl.DataFrame, *, cross: bool) -> pl.DataFrame:
+    """Per checkpoint: pair counts at distances 0.25 (bin 0), 1, 2, 3; sparser levels closer."""
+    rows = []
+    for cid, level in levels.select("checkpoint_id", "level").iter_rows():
+        for d, distance in enumerate([0.25, 1.0, 2.0, 3.0]):
+            same = 0 if d == 0 else (10 + 5 * level) // d
+            rows.append({"checkpoint_id": cid, "layer": "fc1", "distance": distance, "same_channel": same,
+                         "cross_channel": (4 + d) if cross else 0})
+    return _frame(rows, "displacements")
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_displacement_histograms_have_a_line_per_level_and_a_column_per_channel_kind(cross):
+    lineages = _lineages(configs=("cA",))
+    levels = _levels(lineages)
+    fig = plots.displacement_histograms(_displacements(levels, cross=cross), levels, lineages=lineages)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == (2 if cross else 1)
+    assert "same channel" in axes[0].get_title() and (not cross or "different channel" in axes[1].get_title())
+    lines = _lines(axes[0])
+    assert [line.get_label() for line in lines] == [f"L{lv} (sparsity {sp:.2f})" for lv, sp in enumerate(SPARSITY)]
+    for line in lines:  # fractions of each level's pairs, pooled over both seeds
+        assert line.get_ydata().sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(lines[0].get_xdata(), [0.25, 1.0, 2.0, 3.0])
+    np.testing.assert_allclose(lines[0].get_ydata(), np.array([0, 10, 5, 3]) / 18)
+
+
+def test_displacement_histograms_without_counts_raise():
+    levels = _levels(_lineages())
+    with pytest.raises(ValueError, match="no displacement counts"):
+        plots.displacement_histograms(_frame([], "displacements"), levels)
+    zeros = _displacements(levels, cross=False).with_columns(pl.lit(0).alias("same_channel"))
+    with pytest.raises(ValueError, match="no displacement counts"):
+        plots.displacement_histograms(zeros, levels)
+
+
 @pytest.mark.parametrize("input_shape, picture", [((1, 4, 4), (4, 4)), ((3, 2, 5), (2, 5)), ((12,), (1, 12)),
                                                   ((2, 6), (2, 6))])
 def test_receptive_field_images_draw_masks_in_input_space(input_shape, picture):

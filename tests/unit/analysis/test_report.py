@@ -27,7 +27,7 @@ def _sim_row(a: str, b: str, a_layer: str, b_layer: str, value: float) -> dict:
 
 
 def _workdir(tmp_path: Path, *, model: str = "lenet_300_100", similarity: bool = True,
-             checkpoint_root: Path | None = None) -> Path:
+             checkpoint_root: Path | None = None, displacements: bool = False) -> Path:
     """Sweep `s1` holds lineages cA-s0, cA-s1; sweep `s2` holds cZ-s0 only."""
     workdir = tmp_path / "work"
     lineages = [("cA-s0", "cA", 0), ("cA-s1", "cA", 1), ("cZ-s0", "cZ", 0)]
@@ -46,6 +46,14 @@ def _workdir(tmp_path: Path, *, model: str = "lenet_300_100", similarity: bool =
                 for lid, _, _ in lineages for lv in range(3) for layer in LAYERS]
         rows += [_sim_row("cA-s0/L00", "cA-s0/L02", a, b, 0.4) for a in LAYERS for b in LAYERS if a != b]
         write_parquet_atomic(to_arrow(rows, "similarity"), similarity_dir(workdir, "linear_cka") / "part-0.parquet")
+    if displacements:  # one file per checkpoint, as the extractor writes them
+        for lid, _, _ in lineages:
+            for lv in range(3):
+                cid = f"{lid}/L{lv:02d}"
+                rows = [{"checkpoint_id": cid, "layer": "fc1", "distance": float(d), "same_channel": 20 - 4 * d + lv,
+                         "cross_channel": 0} for d in range(1, 5)]
+                write_parquet_atomic(to_arrow(rows, "displacements"),
+                                     tables_root(workdir) / "displacements" / f"part-{lid}-{lv}.parquet")
     return workdir
 
 
@@ -74,8 +82,23 @@ def test_absent_tables_leave_their_sections_out_with_a_note(tmp_path):
     assert "No similarity table for this sweep" in page
     assert "No neurons table (PSP-entropy)" in page
     assert "No receptive_fields table (locality)" in page
+    assert "No displacements table" in page
     assert "no receptive-field images" in page  # checkpoints are not on disk: a note, not a crash
     assert _pngs(workdir / "reports" / "s1") == ["accuracy_vs_sparsity.png"]
+
+
+def test_displacement_histograms_are_drawn_from_the_displacements_table(tmp_path):
+    workdir = _workdir(tmp_path, similarity=False, displacements=True)
+    index = write_report(workdir, "s1")
+    assert "displacement_histograms.png" in _pngs(index.parent)
+    assert (index.parent / "displacement_histograms.png").read_bytes()[:8] == PNG_MAGIC
+    page = index.read_text()
+    assert 'src="displacement_histograms.png"' in page and "No displacements table" not in page
+    empty = _workdir(tmp_path / "empty", similarity=False)
+    (tables_root(empty) / "displacements").mkdir(parents=True)
+    write_parquet_atomic(to_arrow([], "displacements"), tables_root(empty) / "displacements" / "part-0.parquet")
+    page = write_report(empty, "s1").read_text()
+    assert "No displacements table" in page and "displacement_histograms.png" not in page
 
 
 def test_strings_from_the_tables_are_escaped(tmp_path):
@@ -131,9 +154,9 @@ def test_pngs_are_logged_once_to_each_lineage_parent_run(tmp_path):
                                                  "impsweep.sweep.s1": "1"}).info.run_id
     outsider = client.create_run(experiment, tags={"impsweep.kind": "lineage", "impsweep.lineage_id": "cZ-s0",
                                                    "impsweep.sweep.s2": "1"}).info.run_id
-    workdir = _workdir(tmp_path, similarity=False)
+    workdir = _workdir(tmp_path, similarity=False, displacements=True)
     for _ in range(2):
         write_report(workdir, "s1", tracking_uri=uri)
     logged = [a.path for a in client.list_artifacts(member, "report")]
-    assert logged == ["report/accuracy_vs_sparsity.png"]
+    assert logged == ["report/accuracy_vs_sparsity.png", "report/displacement_histograms.png"]
     assert client.list_artifacts(outsider) == []
