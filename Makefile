@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/train_bench.py
 	$(PY) benchmarks/fused_bench.py
 	$(PY) benchmarks/orchestration_bench.py
+	$(PY) benchmarks/analysis_bench.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -56,6 +56,12 @@ def live_units(x: np.ndarray) -> int:
     return int((spread.reshape(spread.shape[0], -1).max(axis=1) > 0).sum())
 
 
+def fits(built: Sketch, activation_bytes: int, ratio: float = STORE_RATIO) -> bool:
+    """The size rule: a sketch is stored when its tensors take at most `ratio` times the bytes of
+    its activation file."""
+    return sketch_bytes(built) <= ratio * activation_bytes
+
+
 def activation_shape(path: str | os.PathLike) -> tuple[int, ...]:
     """The shape of a stored activation, read from its `.npy` header only."""
     return tuple(int(d) for d in np.load(path, mmap_mode="r").shape)
@@ -112,7 +118,7 @@ class SketchStore:
         x = np.load(activation)
         prepared = Prepared(sketch(x, spec), tuple(int(d) for d in x.shape), live_units(x))
         self.computed += 1
-        if sketch_bytes(prepared.sketch) <= self.store_ratio * os.path.getsize(activation):
+        if fits(prepared.sketch, os.path.getsize(activation), self.store_ratio):
             buffer = io.BytesIO()
             torch.save({"version": FORMAT_VERSION, "key": spec.key, "source": _source(activation),
                         "shape": list(prepared.shape), "live_units": prepared.live_units,
