@@ -137,3 +137,27 @@ def test_bad_sketch_arguments_are_value_errors():
                           + _sketches(fc[1:2], "linear_cka", form="features"), measure="linear_cka")
     with pytest.raises(ValueError, match=r"pairs\[0\] = \(0, 9\) is out of range"):
         pairwise_sketches(_sketches(fc, "nbs"), measure="nbs", pairs=[(0, 9)])
+
+
+def test_a_sparse_pair_list_evaluates_its_blocks_not_the_rectangle(monkeypatch):
+    import analysis.similarity.api as api
+
+    fc, _ = _reps(4)
+    xs = (fc[:3] * 4)[:12]
+    sk = _sketches(xs, "nbs")
+    cells = []
+    real = api.evaluate
+
+    def counting(info, options, rows, cols, **kw):
+        cells.append(len(rows) * len(cols))
+        return real(info, options, rows, cols, **kw)
+
+    monkeypatch.setattr(api, "evaluate", counting)
+    # Each "dense" row i pairs with its own three columns: four 1 x 3 blocks, not 4 x 12.
+    asked = [(i, 3 * i + k) for i in range(4) for k in range(3)]
+    got = pairwise_sketches(sk[:4], sk, measure="nbs", pairs=asked)
+    assert sum(cells) == len(asked) == 12
+    assert (got.status != "skipped").sum() == 12
+    cells.clear()
+    pairwise_sketches(sk[:4], sk[:4], measure="nbs", pairs=[(i, j) for i in range(4) for j in range(4) if i != j])
+    assert cells == [16]  # dense enough: one call on the whole rectangle
