@@ -40,7 +40,9 @@ from analysis.similarity import (MEASURES, cka_form, pairwise_sketches, sketch, 
 from analysis.sketches import fits  # noqa: E402
 from analysis.specs import AnalysisSpec  # noqa: E402
 from analysis.tables import to_arrow, write_parquet_atomic  # noqa: E402
-from benchmarks._timing import Session, add_common_arguments, check_common_arguments, contended, write_results  # noqa: E402
+from benchmarks._timing import (  # noqa: E402
+    Session, add_common_arguments, check_common_arguments, contended, write_results,
+)
 
 # Probe layers: per-example shapes ([p] or [c, h, w]) like LeNet/VGG/ResNet layers.
 LAYERS = {"fc64": (64,), "fc128": (128,), "fc256": (256,), "fc512": (512,), "conv32x8x8": (32, 8, 8),
@@ -283,7 +285,8 @@ def print_tables(results: dict) -> None:
     print(f"\nper representation and per pair (n = {results['n']}, {results['threads']} thread(s); "
           "(mem): over the size rule, kept in memory only):")
     for name, r in results["layers"].items():
-        kinds = ", ".join(f"{k} {v['sketch_s'] * 1e3:.1f}{'' if v['stored'] else ' (mem)'}" for k, v in r["kinds"].items())
+        kinds = ", ".join(f"{k} {v['sketch_s'] * 1e3:.1f}{'' if v['stored'] else ' (mem)'}"
+                          for k, v in r["kinds"].items())
         pairs = ", ".join(f"{k} {v['pair_s'] * 1e3:.2f}" for k, v in r["pairs"].items())
         print(f"{name:11} load ms {r['load_s'] * 1e3:.2f}; sketch ms: {kinds}\n{'':11} pair ms: {pairs}")
     print(f"parquet: {results['parquet']['row_s'] * 1e6:.1f} us/row, {results['parquet']['file_s'] * 1e3:.1f} ms/file")
@@ -299,7 +302,8 @@ def print_tables(results: dict) -> None:
     print(f"\ncost model: {model['representations']:,} representations "
           f"({model['sweep']['configs']} configs x {model['sweep']['seeds']} seeds x {model['sweep']['levels']} levels"
           f" x {model['sweep']['layers']} layers); single-core CPU-hours")
-    print(f"{'layers/scope':14} {'pairs':>16} " + " ".join(f"{m:>12}" for m in measures) + f" {'all':>10} {'sketch disk':>12}")
+    print(f"{'layers/scope':14} {'pairs':>16} " + " ".join(f"{m:>12}" for m in measures)
+          + f" {'all':>10} {'sketch disk':>12}")
     for name, c in model["combinations"].items():
         cells = " ".join(f"{c['measures'][m]['cpu_h']:12.4g}" for m in measures)
         print(f"{name:14} {c['pairs']:16,} {cells} {c['total_cpu_h']:10.4g} {c['sketch_disk_bytes'] / 1e9:10.1f} GB")
@@ -311,7 +315,8 @@ def print_tables(results: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser, names="measures", known=KNOWN_MEASURES, repeats_help="not used: every part is timed on each representation or tile",
+    add_common_arguments(parser, names="measures", known=KNOWN_MEASURES,
+                         repeats_help="not used: every part is timed on each representation or tile",
                          quick_help="n = 400, 2 representations a side, fewer layers: a smoke run",
                          out_default="benchmarks/results/analysis-<device>.json")
     parser.add_argument("--n", type=int, default=1000, help="probe examples (DESIGN: 5,000 for torchvision data)")
