@@ -21,7 +21,8 @@ from analysis.catalog import build_catalog
 from analysis.pairs import Rep, Tile, pair_key, pair_set, tiles
 from analysis.sketches import SketchStore, activation_shape
 from analysis.specs import AnalysisSpec, analysis_id
-from analysis.tables import similarity_dir, to_arrow, update_columns, write_parquet_atomic
+from analysis.tables import similarity_dir, tables_root, to_arrow, update_columns, write_parquet_atomic
+from trainables.checkpoints import exclusive_lock, remove_temporaries
 
 SHARPNESS_COLUMNS = ("hessian_top_eig", "perturbed_loss_increase", "sharpness_epsilon")
 
@@ -40,7 +41,27 @@ class AnalysisOutcome:
     sketches_computed: dict[str, int] = field(default_factory=dict)  # per measure: not found stored
 
 
-def run_analysis(
+def run_analysis(sweep: str, spec: AnalysisSpec, *, workdir: str | os.PathLike, tracking_uri: str,
+                 echo: Echo = print, connect: Callable[[], None] | None = None) -> AnalysisOutcome:
+    """Analyse every finished checkpoint of `sweep` (its lineages found in MLflow by tags).
+
+    One analysis of a workdir runs at a time (a file lock; a second waits), and it first
+    deletes the hidden temporaries that a killed run's atomic writes left behind, so an
+    interrupted run leaves no partial file once the next one starts.
+
+    connect: called before the first Ray Data stage (e.g. to `ray.init`), and only if there is
+        something to compute, so that a run with nothing missing starts no Ray at all.
+    """
+    root = Path(workdir)
+    with exclusive_lock(root / "analysis" / ".lock"):
+        removed = sum(remove_temporaries(folder) for folder in (root / "analysis", tables_root(root)))
+        if removed:
+            echo(f"removed {removed} half-written file(s) left by an interrupted analysis")
+        return _run_analysis(sweep, spec, workdir=workdir, tracking_uri=tracking_uri, echo=echo,
+                             connect=connect)
+
+
+def _run_analysis(
     sweep: str,
     spec: AnalysisSpec,
     *,
@@ -49,11 +70,6 @@ def run_analysis(
     echo: Echo = print,
     connect: Callable[[], None] | None = None,
 ) -> AnalysisOutcome:
-    """Analyse every finished checkpoint of `sweep` (its lineages found in MLflow by tags).
-
-    connect: called before the first Ray Data stage (e.g. to `ray.init`), and only if there is
-        something to compute, so that a run with nothing missing starts no Ray at all.
-    """
     ray = _LazyRay(connect)
     start = time.perf_counter()
     aid = analysis_id(spec)

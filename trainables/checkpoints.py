@@ -46,6 +46,27 @@ def exclusive_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+TEMPORARY_GLOB = ".*.tmp"  # what the atomic writers here name their temporaries
+
+
+def remove_temporaries(root: Path) -> int:
+    """Delete the hidden temporaries (`.<name>.<random>.tmp`, files or folders) that atomic
+    writes killed mid-way left anywhere under `root`; returns how many. Call it only while no
+    writer can be active there (under the folder's `exclusive_lock`)."""
+    removed = 0
+    if not root.is_dir():
+        return removed
+    for path in sorted(root.rglob(TEMPORARY_GLOB), key=lambda p: len(p.parts)):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists() or path.is_symlink():
+            path.unlink(missing_ok=True)
+        else:
+            continue  # inside a folder removed above
+        removed += 1
+    return removed
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -68,6 +68,7 @@ def run_bundle(
         for lid in sorted(ids):  # one global order, so two overlapping bundles cannot deadlock
             locks.enter_context(ckpt.exclusive_lock(ckpt.lineage_dir(workdir, lid) / ".lock"))
         for lid in ids:
+            ckpt.remove_temporaries(ckpt.lineage_dir(workdir, lid))  # half-written files of a killed run
             check_mode(workdir, lid, fused=True)
         runs = _make_runs(specs, workdir, device)
         bundle = _Bundle(runs, device, on_epoch)

@@ -139,6 +139,7 @@ def run_lineage(
 
     root = ckpt.lineage_dir(workdir, lineage_id(spec))
     with ckpt.exclusive_lock(root / ".lock"):
+        ckpt.remove_temporaries(root)  # half-written files of a killed run
         check_mode(workdir, lineage_id(spec), fused=False)
         run = _Run(spec, Path(workdir), resolve_device(device), on_epoch)
         results = []

@@ -132,7 +132,13 @@ def test_interrupted_analysis_resumes_to_the_same_tables(workdir, tmp_path):
     proc.wait()
     partial = len(list(folder.rglob("*.parquet"))) if folder.exists() else 0
     assert partial < 2 * 21 * 3, "the analysis finished before it could be interrupted"
+    # what a write killed mid-way leaves (the kill above may or may not have caught one)
+    planted = folder / "measure=pwcca" / ".part-a1-t1.parquet.k1ll3d.tmp"
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    planted.write_bytes(b"PAR1 half a file")
     outcome = _analyze(workdir, measures=("linear_cka", "pwcca"), scope="all", tile_size=1)
+    leftovers = [p for root in ("tables", "analysis") for p in (workdir / root).rglob(".*.tmp")]
+    assert leftovers == []
     assert outcome.failed_checkpoints == ()
     _analyze(reference, measures=("linear_cka", "pwcca"), scope="all", tile_size=1)
     key = ["measure", "a_checkpoint_id", "a_layer", "b_checkpoint_id", "b_layer"]

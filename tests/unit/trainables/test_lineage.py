@@ -50,7 +50,13 @@ def test_resume_is_bit_identical(tiny_spec, tmp_path, digest):
     with pytest.raises(Stop):
         run_lineage(spec, workdir=tmp_path / "cut", on_epoch=stop_mid_level_1)
     assert ckpt.complete_levels(tmp_path / "cut", whole.lineage_id) == [0]
+    # what writes killed mid-way leave: a level folder and a progress file half-written
+    root = ckpt.lineage_dir(tmp_path / "cut", whole.lineage_id)
+    (root / ".L01.x7f3.tmp").mkdir()
+    (root / ".L01.x7f3.tmp" / "state.pt").write_bytes(b"half")
+    (root / ".progress.pt.q2w9.tmp").write_bytes(b"half")
     resumed = run_lineage(spec, workdir=tmp_path / "cut")
+    assert list(root.rglob(".*.tmp")) == []
     assert [lv.resumed for lv in resumed.levels] == [True, False, False]
     assert digest(_level(resumed, 2).model) == digest(_level(whole, 2).model)
     assert resumed.levels[2].metrics["test_acc"] == whole.levels[2].metrics["test_acc"]
