@@ -12,7 +12,9 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.plan import LineagePlan, plan_sweep
 from orchestrator.specs import SweepSpec
-from trainables.tracking import TrackingRef, ensure_experiment, ensure_parent_run
+from trainables.tracking import (
+    KIND_LINEAGE, TAG, TrackingRef, ensure_experiment, ensure_parent_run, search_all, set_lineage_status, tag_filter,
+)
 
 Echo = Callable[[str], None]
 
@@ -73,7 +75,7 @@ def run_sweep(sweep: SweepSpec, *, echo: Echo = print) -> SweepOutcome:
     client, experiment_id = prepare_tracking(sweep)
     rev = code_rev()
     if sweep.search is not None:
-        failed, n, done = _search(sweep, experiment_id, rev, echo)
+        failed, n, done = _search(sweep, client, experiment_id, rev, echo)
         ran = n - done
     else:
         plans = plan_sweep(sweep, client)
@@ -81,6 +83,7 @@ def run_sweep(sweep: SweepSpec, *, echo: Echo = print) -> SweepOutcome:
             p.lineage_id: ensure_parent_run(client, experiment_id, p.spec, sweep=sweep.name, code_rev=rev)
             for p in plans
         }
+        _close_done(client, sweep, plans)
         todo = [p for p in plans if p.state != "done"]
         n, done, ran = len(plans), len(plans) - len(todo), len(todo)
         echo(f"sweep {sweep.name}: {n} lineages, {done} already done, {len(todo)} to run")
@@ -88,6 +91,17 @@ def run_sweep(sweep: SweepSpec, *, echo: Echo = print) -> SweepOutcome:
     wall = time.perf_counter() - start
     echo(f"sweep {sweep.name}: finished in {wall:.1f}s" + (f", {len(failed)} failed: {list(failed)}" if failed else ""))
     return SweepOutcome(sweep.name, n, done, ran, failed, wall)
+
+
+def _close_done(client: MlflowClient, sweep: SweepSpec, plans: list[LineagePlan]) -> None:
+    """Mark FINISHED the parent run of every lineage whose levels are all recorded: a driver
+    killed between a trial's last level and its end leaves it RUNNING, and no trial will run
+    the lineage again to close it."""
+    done = {p.lineage_id for p in plans if p.state == "done"}
+    member = f"{tag_filter(kind=KIND_LINEAGE)} and tags.`{TAG}sweep.{sweep.name}` = '1'"
+    for run in search_all(client, f"{member} and attributes.status != 'FINISHED'") if done else ():
+        if run.data.tags.get(f"{TAG}lineage_id") in done:
+            set_lineage_status(client, run.info.run_id, "FINISHED")
 
 
 def _tracking(sweep: SweepSpec, experiment_id: str, rev: str, parent_run_id: str = "") -> dict[str, str]:
@@ -180,37 +194,66 @@ def _fit_grid(sweep: SweepSpec, configs: list[dict], trainable, echo: Echo) -> t
     return _failed(tuner.fit())
 
 
-def _search(sweep: SweepSpec, experiment_id: str, rev: str, echo: Echo) -> tuple[tuple[str, ...], int, int]:
-    """Optuna proposes `num_samples` lineages. After a driver crash the Tune experiment is
-    restored (the study with it), so the sweep still ends with exactly num_samples lineages."""
+def _search(sweep: SweepSpec, client: MlflowClient, experiment_id: str, rev: str,
+            echo: Echo) -> tuple[tuple[str, ...], int, int]:
+    """Optuna proposes `num_samples` lineages; the sweep ends with exactly that many, however
+    often its driver dies. A new driver restores the Tune experiment (the study, the scheduler
+    and every trial with it) when Tune's last snapshot of it knows every lineage proposed so
+    far. A trial younger than that snapshot (Tune takes one every 10 s or more) would be
+    forgotten and its place proposed anew, so otherwise the driver starts a new experiment from
+    the plan: a study told the results of the finished lineages, asking first for the
+    unfinished ones (they resume from their checkpoints), then sampling the rest."""
     from ray import tune
 
     from trainables.tune_entry import lineage_trainable, trial_name
 
-    ensure_ray()
     search = sweep.search
     path = f"{sweep.resolved_storage_path.rstrip('/')}/{sweep.name}"
     trainable = tune.with_resources(lineage_trainable, _resources(sweep))
-    if tune.Tuner.can_restore(path):
-        echo(f"sweep {sweep.name}: resuming the search of {search.num_samples} lineages from {path}")
+    plans = plan_sweep(sweep, client)[: search.num_samples]
+    finished = [p for p in plans if p.state == "done"]
+    _close_done(client, sweep, plans)
+    todo = search.num_samples - len(finished)
+    echo(f"sweep {sweep.name}: {search.num_samples} lineages ({search.sampler} search), "
+         f"{len(plans)} proposed so far, {len(finished)} done, {todo} to run")
+    if not todo:
+        return (), len(plans), len(finished)
+    if tune.Tuner.can_restore(path) and {p.lineage_id for p in plans} <= _snapshot_lineages(path):
+        echo(f"sweep {sweep.name}: resuming the Tune experiment {path}")
+        ensure_ray()
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        echo(f"sweep {sweep.name}: searching {search.num_samples} lineages ({search.sampler})")
-        base = sweep.base
-        lineage = {"base": base, "workdir": str(sweep.workdir_path.resolve()),
-                   "tracking": _tracking(sweep, experiment_id, rev)}
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"lineage": lineage, "sample": search.param_space()},
-            tune_config=tune.TuneConfig(
-                search_alg=search.searcher(), scheduler=search.scheduler(), num_samples=search.num_samples,
-                max_concurrent_trials=sweep.max_concurrent, trial_name_creator=trial_name,
-                trial_dirname_creator=trial_name, reuse_actors=True,
-            ),
-            run_config=_run_config(sweep, echo, search.num_samples),
-        )
+        results = tuner.fit()
+        return _failed(results), len(results), len(finished)
+    points = {p.lineage_id: search.point(p.spec.model_dump(mode="json")) for p in plans}
+    searcher = search.searcher(key="sample", pending=[points[p.lineage_id] for p in plans if p.state != "done"],
+                               evaluated=[(points[p.lineage_id], p.metrics.get(search.metric)) for p in finished])
+    lineage = {"base": sweep.base, "workdir": str(sweep.workdir_path.resolve()),
+               "tracking": _tracking(sweep, experiment_id, rev)}
+    ensure_ray()
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"lineage": lineage},
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=search.scheduler(), num_samples=todo,
+            max_concurrent_trials=sweep.max_concurrent, trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name, reuse_actors=True,
+        ),
+        run_config=_run_config(sweep, echo, todo),
+    )
     results = tuner.fit()
-    return _failed(results), len(results), 0
+    return _failed(results), len(finished) + len(results), len(finished)
+
+
+def _snapshot_lineages(path: str) -> set[str]:
+    """Lineage ids of the trials in Tune's last snapshot of the experiment at `path`."""
+    from ray import tune
+
+    from trainables.tune_entry import trial_name
+
+    try:
+        return {trial_name(trial) for trial in tune.ExperimentAnalysis(path).trials}
+    except Exception:  # an unreadable snapshot is no snapshot: the search goes on from MLflow
+        return set()
 
 
 def _resources(sweep: SweepSpec) -> dict[str, float]:

@@ -6,7 +6,8 @@ counts as done only when both have it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -15,7 +16,7 @@ from orchestrator.specs import SweepSpec
 from trainables.checkpoints import complete_levels, lineage_dir
 from trainables.ids import lineage_id
 from trainables.lineage import final_level
-from trainables.specs import LineageSpec
+from trainables.specs import LineageSpec, with_overrides
 from trainables.tracking import KIND_LEVEL, KIND_LINEAGE, TAG, search_all, tag_filter
 
 
@@ -27,32 +28,54 @@ class LineagePlan:
     levels_done: int  # levels 0.. complete on disk and in MLflow
     n_levels: int  # levels of the lineage, dense level 0 included
     test_acc: float | None  # of the newest level done
+    metrics: Mapping[str, float] = field(default_factory=dict)  # of the newest level done
 
 
-def _finished_levels(client: MlflowClient | None) -> dict[str, dict[int, float]]:
-    """lineage id -> {level: test_acc} of every FINISHED level run in the tracking store."""
+def _finished_levels(client: MlflowClient | None) -> dict[str, dict[int, dict[str, float]]]:
+    """lineage id -> {level: metrics} of every FINISHED level run in the tracking store."""
     if client is None:
         return {}
-    out: dict[str, dict[int, float]] = {}
+    out: dict[str, dict[int, dict[str, float]]] = {}
     for run in search_all(client, tag_filter(kind=KIND_LEVEL)):
         if run.info.status != "FINISHED":
             continue
         tags = run.data.tags
-        out.setdefault(tags[f"{TAG}lineage_id"], {})[int(tags[f"{TAG}level"])] = run.data.metrics.get("test_acc")
+        out.setdefault(tags[f"{TAG}lineage_id"], {})[int(tags[f"{TAG}level"])] = run.data.metrics
     return out
 
 
 def _searched_lineages(sweep: SweepSpec, client: MlflowClient | None) -> list[LineageSpec]:
-    """A search sweep's lineages are the ones proposed so far: members found in MLflow."""
+    """A search sweep's lineages are the ones proposed so far: members found in MLflow, in the
+    order they started."""
     if client is None:
         return []
     runs = search_all(client, f"{tag_filter(kind=KIND_LINEAGE)} and tags.`{TAG}sweep.{sweep.name}` = '1'")
     specs = []
     for run in sorted(runs, key=lambda r: r.info.start_time or 0):
-        stored = lineage_dir(sweep.workdir, run.data.tags[f"{TAG}lineage_id"]) / "spec.json"
+        lid = run.data.tags[f"{TAG}lineage_id"]
+        stored = lineage_dir(sweep.workdir, lid) / "spec.json"
         if stored.exists():
             specs.append(LineageSpec.model_validate(json.loads(stored.read_text())["spec"]))
+        elif (spec := _spec_from_params(sweep, run.data.params, lid)) is not None:
+            specs.append(spec)
     return specs
+
+
+def _spec_from_params(sweep: SweepSpec, params: dict[str, str], lid: str) -> LineageSpec | None:
+    """The lineage of a parent run whose trial died before writing spec.json: the base lineage
+    with the searched fields read back from the run's params (None if that gives another id)."""
+    sample = {}
+    for key in sweep.search.space:
+        if key in params:
+            try:
+                sample[key] = json.loads(params[key])
+            except ValueError:  # a string value, logged without quotes
+                sample[key] = params[key]
+    try:
+        spec = LineageSpec.model_validate(with_overrides(sweep.base, sample))
+    except ValueError:
+        return None
+    return spec if lineage_id(spec) == lid else None
 
 
 def tracking_store_exists(sweep: SweepSpec) -> bool:
@@ -76,6 +99,6 @@ def plan_sweep(sweep: SweepSpec, client: MlflowClient | None = None) -> list[Lin
         while done < n_levels and done in on_disk and done in logged:
             done += 1
         state = "done" if done == n_levels else ("partial" if done or on_disk else "todo")
-        acc = logged.get(done - 1) if done else None
-        plans.append(LineagePlan(lid, spec, state, done, n_levels, acc))
+        metrics = logged.get(done - 1, {}) if done else {}
+        plans.append(LineagePlan(lid, spec, state, done, n_levels, metrics.get("test_acc"), metrics))
     return plans

@@ -5,6 +5,9 @@ like a grid point, so every proposed lineage is an ordinary LineageSpec with an 
 """
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -81,15 +84,49 @@ class SearchSpec(BaseModel):
             raise ValueError("sampler 'cmaes' cannot search `choice` fields; use 'tpe'")
         return self
 
-    def searcher(self):
+    def searcher(self, *, key: str = "sample", pending: Sequence[Mapping[str, Any]] = (),
+                 evaluated: Sequence[tuple[Mapping[str, Any], float | None]] = ()):
+        """OptunaSearch over the dotted fields of `config[key]`, resuming an earlier study.
+
+        pending: points (dotted field -> value) of lineages an earlier driver started and did
+            not finish: the study asks for them first, so they resume as its first trials.
+        evaluated: (point, metric) of lineages already finished: told to the study as completed
+            trials (a metric of None is left out).
+        With either, the sampler's seed also depends on them: seeded as at the start, it would
+        draw the same points again.
+        """
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
+        seed = self.seed
+        if pending or evaluated:
+            text = json.dumps([self.seed, *pending, *(p for p, _ in evaluated)], sort_keys=True, default=str)
+            seed = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
         if self.sampler == "cmaes":
-            sampler = optuna.samplers.CmaEsSampler(seed=self.seed)
+            sampler = optuna.samplers.CmaEsSampler(seed=seed)
         else:
-            sampler = optuna.samplers.TPESampler(seed=self.seed)
-        return OptunaSearch(metric=self.metric, mode=self.mode, sampler=sampler)
+            sampler = optuna.samplers.TPESampler(seed=seed)
+
+        def flat(point: Mapping[str, Any]) -> dict[str, Any]:
+            return {f"{key}/{name}": value for name, value in point.items()}
+
+        space = OptunaSearch.convert_search_space({key: self.param_space()})
+        searcher = OptunaSearch(space, metric=self.metric, mode=self.mode, sampler=sampler,
+                                points_to_evaluate=[flat(p) for p in pending] or None)
+        for point, value in evaluated:
+            if value is not None:
+                searcher.add_evaluated_point(flat(point), value)
+        return searcher
+
+    def point(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """The searched fields of a lineage (`spec`: its JSON form), dotted field -> value."""
+        out = {}
+        for field in self.space:
+            node: Any = spec
+            for part in field.split("."):
+                node = node[part]
+            out[field] = node
+        return out
 
     def scheduler(self):
         if self.asha is None:
