@@ -1,6 +1,7 @@
-"""Failures a long sweep meets: its driver killed mid-sweep, a worker node lost."""
+"""Failures a long sweep meets: its driver killed mid-sweep (grid or search), a worker node lost."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -10,10 +11,12 @@ import time
 import psutil
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from orchestrator import load_sweep, plan_sweep, run_sweep
 from tests.integration.conftest import final_metrics, mlflow_runs, reference_metrics, tiny_sweep
-from trainables.checkpoints import complete_levels
+from trainables.checkpoints import complete_levels, level_dir
+from trainables.tracking import KIND_LEVEL, KIND_LINEAGE, search_all, tag_filter
 
 pytestmark = pytest.mark.integration
 
@@ -87,3 +90,118 @@ def test_worker_node_lost_mid_sweep(tmp_path, ray_shutdown):
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+# A search sweep whose driver is killed: 12 lineages of 3 levels, 2 at a time. Optuna's TPE
+# samples its first 10 points at random and then from a model of the results so far: the kill
+# comes once an 11th lineage, proposed by the model, has started.
+SEARCH = {"space": {"train.lr": {"type": "loguniform", "low": 0.01, "high": 0.2}}, "num_samples": 12, "seed": 3}
+SEARCH_LEVELS = 3
+KILL_AT = 11
+
+
+def _lineage_levels(workdir) -> dict[str, int]:
+    """lineage id -> its complete levels, for every lineage folder under the workdir."""
+    root = workdir / "lineages"
+    return {p.name: len(complete_levels(workdir, p.name)) for p in root.glob("c*")} if root.exists() else {}
+
+
+def _remember_family(proc: subprocess.Popen, family: dict[int, psutil.Process]) -> None:
+    try:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            family.setdefault(child.pid, child)
+    except psutil.NoSuchProcess:
+        pass
+
+
+def _end_family(family: dict[int, psutil.Process]) -> list[int]:
+    """SIGKILL every process still alive that a driver started, and whatever those started in
+    turn (Ray's daemons outlive a killed driver). Returns the PIDs that were still alive."""
+    ended: list[int] = []
+    while alive := [p for p in family.values() if p.is_running() and p.pid not in ended]:
+        for proc in alive:
+            try:
+                for child in proc.children(recursive=True):
+                    family.setdefault(child.pid, child)
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+            ended.append(proc.pid)
+        psutil.wait_procs(alive, timeout=10)
+    return ended
+
+
+def _finished_level_runs(client) -> dict[str, tuple[str, int]]:
+    """checkpoint id -> (run id, end time) of every FINISHED level run."""
+    return {r.data.tags["impsweep.checkpoint_id"]: (r.info.run_id, r.info.end_time)
+            for r in search_all(client, tag_filter(kind=KIND_LEVEL)) if r.info.status == "FINISHED"}
+
+
+def test_search_driver_killed_then_resumed_ends_with_num_samples_lineages(tmp_path):
+    workdir = tmp_path / "w"
+    raw = tiny_sweep(workdir, name="optuna", prune={"rate": 0.2, "levels": SEARCH_LEVELS - 1, "exclude": ["bias"]})
+    raw.pop("grid")
+    raw["search"] = SEARCH
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    command = [sys.executable, "-m", "orchestrator", "run", str(path)]
+    family: dict[int, psutil.Process] = {}
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        # Kill the driver as the 11th lineage starts: its trial is likely younger than Tune's
+        # last experiment snapshot (taken every 10 s), and the model that proposed it had seen
+        # more results than the snapshot's study holds.
+        deadline, looked = time.monotonic() + 180, 0.0
+        while time.monotonic() < deadline and driver.poll() is None:
+            levels = _lineage_levels(workdir)
+            if len(levels) >= KILL_AT and SEARCH_LEVELS in levels.values():
+                break
+            if time.monotonic() - looked > 0.5:
+                _remember_family(driver, family)
+                looked = time.monotonic()
+            time.sleep(0.02)
+        assert driver.poll() is None, "the search finished (or failed) before it could be interrupted"
+        _remember_family(driver, family)
+        os.killpg(driver.pid, signal.SIGKILL)
+    finally:
+        driver.wait(timeout=30)
+        _end_family(family)
+    assert not [p for p in family.values() if p.is_running()]
+
+    sweep = load_sweep(path)
+    client = MlflowClient(sweep.resolved_tracking_uri)
+    before = _lineage_levels(workdir)
+    assert any(n < SEARCH_LEVELS for n in before.values()), before
+    checkpoints = {(lid, level): level_dir(workdir, lid, level).joinpath("state.pt").stat().st_mtime_ns
+                   for lid, n in before.items() for level in complete_levels(workdir, lid)}
+    finished_runs = _finished_level_runs(client)
+
+    family = {}
+    resumed = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        while resumed.poll() is None:
+            _remember_family(resumed, family)
+            time.sleep(0.2)
+        log = resumed.stdout.read()
+    finally:
+        if resumed.poll() is None:
+            resumed.kill()
+        resumed.wait(timeout=30)
+        psutil.wait_procs([p for p in family.values() if p.is_running()], timeout=15)
+        left = _end_family(family)
+    assert resumed.returncode == 0, log
+    assert not left, f"processes left by a driver that exited normally: {left}"
+
+    lineages = set(_lineage_levels(workdir))
+    parents = search_all(client, f"{tag_filter(kind=KIND_LINEAGE)} and tags.`impsweep.sweep.optuna` = '1'")
+    assert len(lineages) == SEARCH["num_samples"], log
+    assert sorted(r.data.tags["impsweep.lineage_id"] for r in parents) == sorted(lineages), log
+    assert set(before) <= lineages  # the lineages proposed before the kill are kept
+    levels = search_all(client, tag_filter(kind=KIND_LEVEL))
+    assert sorted(r.data.tags["impsweep.checkpoint_id"] for r in levels) == sorted(
+        f"{lid}/L{level:02d}" for lid in lineages for level in range(SEARCH_LEVELS))  # no duplicate child run
+    assert all(r.info.status == "FINISHED" for r in parents + levels)
+    assert all(p.state == "done" for p in plan_sweep(sweep)) and len(plan_sweep(sweep)) == SEARCH["num_samples"]
+    # Nothing finished before the kill was computed or logged again.
+    assert {key: level_dir(workdir, *key).joinpath("state.pt").stat().st_mtime_ns for key in checkpoints} == checkpoints
+    assert {cid: run for cid, run in _finished_level_runs(client).items() if cid in finished_runs} == finished_runs
