@@ -162,8 +162,9 @@ def test_search_driver_killed_then_resumed_ends_with_num_samples_lineages(tmp_pa
             time.sleep(0.02)
         assert driver.poll() is None, "the search finished (or failed) before it could be interrupted"
         _remember_family(driver, family)
-        os.killpg(driver.pid, signal.SIGKILL)
     finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
         _end_family(family)
     assert not [p for p in family.values() if p.is_running()]
@@ -177,12 +178,14 @@ def test_search_driver_killed_then_resumed_ends_with_num_samples_lineages(tmp_pa
     finished_runs = _finished_level_runs(client)
 
     family = {}
-    resumed = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log_path = tmp_path / "resumed.log"
+    with log_path.open("w") as out:  # a file, not a pipe: a full pipe would block the driver
+        resumed = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:
         while resumed.poll() is None:
             _remember_family(resumed, family)
             time.sleep(0.2)
-        log = resumed.stdout.read()
+        log = log_path.read_text()
     finally:
         if resumed.poll() is None:
             resumed.kill()
