@@ -5,8 +5,8 @@ impsweep's loop is exactly what a lineage runs for a pruned level: data resident
 as one tensor, each epoch drawn by `trainables.data.epoch_batches` (permutation and, for
 CIFAR-shaped data, flips and crops of the whole epoch in bulk), `trainables.loop.train_epoch`
 with `make_optimizer` and `lr_at`, masks from `trainables.pruning.magnitude_masks` at 80%
-sparsity (rate 0.2, log(0.2)/log(0.8) rounds), and on CUDA channels_last, bf16 autocast and
-optionally torch.compile as the lineage sets them.
+sparsity (rate 0.2, log(0.2)/log(0.8) rounds), channels_last for convolutional models (CPU and
+CUDA), and on CUDA bf16 autocast and optionally torch.compile, as the lineage sets them.
 
 The baseline is pinned: `DataLoader(TensorDataset, batch_size=B, shuffle=True, num_workers=0)`
 over host tensors, torchvision's per-sample `RandomCrop(32, padding=4)` and
@@ -54,7 +54,7 @@ from benchmarks._timing import (  # noqa: E402
     Session, add_common_arguments, check_common_arguments, contended, interleaved_repeats, loadavg, write_results,
 )
 from trainables.data import epoch_batches  # noqa: E402
-from trainables.loop import lr_at, make_optimizer, train_epoch  # noqa: E402
+from trainables.loop import lr_at, make_optimizer, train_epoch, wants_channels_last  # noqa: E402
 from trainables.masks import Masks, dense_masks, prunable_names  # noqa: E402
 from trainables.models import build_model  # noqa: E402
 from trainables.pruning import magnitude_masks, rounds_for  # noqa: E402
@@ -126,7 +126,7 @@ class ImpsweepRun:
     def __init__(self, model: nn.Module, masks: Masks, x: torch.Tensor, y: torch.Tensor, *, augment: bool,
                  batch_size: int, steps_per_epoch: int, device: torch.device, compile: bool, seed: int):
         self.device = device
-        channels_last = device.type == "cuda" and x.ndim == 4
+        channels_last = wants_channels_last(model, x)
         self.x, self.y = x.to(device), y.to(device)
         self.model = model.to(device)
         if channels_last:
@@ -365,7 +365,7 @@ def main(argv=None) -> dict:
         "torchvision": torchvision.__version__,
         "quick": args.quick,
         "compile": args.compile,
-        "impsweep_precision": "bf16 autocast, channels_last" if device.type == "cuda" else "fp32",
+        "impsweep_precision": "bf16 autocast, channels_last" if device.type == "cuda" else "fp32, channels_last for conv models",
         "baseline_precision": "fp32",
         "train": {"optimizer": "sgd", "lr": TRAIN.lr, "momentum": TRAIN.momentum, "weight_decay": TRAIN.weight_decay},
         "contended": contended(session.loadavg_before, torch.get_num_threads()),

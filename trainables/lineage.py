@@ -20,7 +20,7 @@ from torch import nn
 from trainables import checkpoints as ckpt
 from trainables.data import epoch_batches, load_dataset
 from trainables.ids import canonical, checkpoint_id, config_id, digest, identity, lineage_id
-from trainables.loop import evaluate, lr_at, make_optimizer, train_epoch
+from trainables.loop import evaluate, lr_at, make_optimizer, train_epoch, wants_channels_last
 from trainables.masks import LayerSparsity, Masks, apply_masks, dense_masks, prunable_names, sparsity_report
 from trainables.models import build_model
 from trainables.schedules import LevelPlan, level_plans, level_masks
@@ -173,13 +173,13 @@ class _Run:
         place = (lambda t: t.to(device)) if self.resident else (lambda t: t.pin_memory() if device.type == "cuda" else t)
         self.x_train, self.y_train = place(self.splits.x_train), place(self.splits.y_train)
         self.x_test, self.y_test = place(self.splits.x_test), place(self.splits.y_test)
-        self.channels_last = device.type == "cuda" and self.x_train.ndim == 4
-        if self.channels_last and self.resident:
-            self.x_train = self.x_train.contiguous(memory_format=torch.channels_last)
         self.steps_per_epoch = -(-len(self.x_train) // spec.train.batch_size)
         self.model = _init_model(spec, self.splits.info, _seed_of(spec.seed, "init"), device)
+        self.channels_last = wants_channels_last(self.model, self.x_train)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+            if self.resident:
+                self.x_train = self.x_train.contiguous(memory_format=torch.channels_last)
         # The compiled module shares parameters with self.model, which keeps the plain names
         # that masks and checkpoints use. A fused lineage trains through its bundle's stack and
         # only evaluates here, uncompiled.

@@ -190,3 +190,30 @@ def test_stop_rule_ends_the_lineage_when_a_layer_loses_its_units(tiny_spec, tmp_
     assert final_level(tmp_path, spec) == last.level
     again = run_lineage(spec, workdir=tmp_path)
     assert [lv.level for lv in again.levels] == [lv.level for lv in result.levels]
+
+
+def test_conv_lineage_trains_channels_last_and_resumes_bit_identically(tiny_spec, tmp_path, digest):
+    """Convolutional models train in NHWC on CPU too (the fast oneDNN layout); a lineage cut
+    mid-level resumes to the same weights, and its checkpoints load into a plain model."""
+    from trainables.models import build_model
+
+    spec = tiny_spec(model="conv2", train={"epochs": 2}, prune={"levels": 1})
+    probe = _Run(spec, tmp_path / "probe", torch.device("cpu"), None)
+    assert probe.channels_last
+    assert probe.model.get_parameter("conv1.weight").is_contiguous(memory_format=torch.channels_last)
+    whole = run_lineage(spec, workdir=tmp_path / "whole")
+
+    class Stop(Exception):
+        pass
+
+    def stop(level, epoch):
+        if (level, epoch) == (1, 1):
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_lineage(spec, workdir=tmp_path / "cut", on_epoch=stop)
+    resumed = run_lineage(spec, workdir=tmp_path / "cut")
+    assert digest(_level(resumed, 1).model) == digest(_level(whole, 1).model)
+    plain = build_model("conv2", input_shape=(1, 8, 8), num_classes=10)
+    plain.load_state_dict(_level(whole, 1).model)
+    assert plain.get_parameter("conv1.weight").is_contiguous()
