@@ -125,7 +125,7 @@ def run_case(root: Path, work_s: float, n: int, concurrent: int, chunk_size: int
              trace: bool = False) -> dict:
     from orchestrator import launch, load_sweep
     from orchestrator.plan import plan_sweep
-    from trainables.tracking import ensure_parent_run, search_all
+    from trainables.tracking import ensure_parent_runs, search_all
 
     name = f"sleep-{str(work_s).replace('.', 'p')}-{n}-chunk{chunk_size}"
     sweep = load_sweep({
@@ -140,8 +140,7 @@ def run_case(root: Path, work_s: float, n: int, concurrent: int, chunk_size: int
     rev = launch.code_rev()
     plans = plan_sweep(sweep, client)
     # As run_sweep does: every parent run exists before the first trial starts.
-    parents = {p.lineage_id: ensure_parent_run(client, experiment_id, p.spec, sweep=sweep.name, code_rev=rev)
-               for p in plans}
+    parents = ensure_parent_runs(client, experiment_id, [p.spec for p in plans], sweep=sweep.name, code_rev=rev)
     setup_s = time.perf_counter() - setup_start
     finished = FinishedCounter()
     load_before = os.getloadavg()

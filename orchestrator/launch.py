@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.plan import LineagePlan, plan_sweep
 from orchestrator.specs import SweepSpec
 from trainables.tracking import (
-    KIND_LINEAGE, TAG, TrackingRef, ensure_experiment, ensure_parent_run, search_all, set_lineage_status, tag_filter,
+    KIND_LINEAGE, TAG, TrackingRef, ensure_experiment, ensure_parent_runs, search_all, set_lineage_status, tag_filter,
 )
 
 Echo = Callable[[str], None]
@@ -79,10 +79,8 @@ def run_sweep(sweep: SweepSpec, *, echo: Echo = print) -> SweepOutcome:
         ran = n - done
     else:
         plans = plan_sweep(sweep, client)
-        parents = {
-            p.lineage_id: ensure_parent_run(client, experiment_id, p.spec, sweep=sweep.name, code_rev=rev)
-            for p in plans
-        }
+        parents = ensure_parent_runs(client, experiment_id, [p.spec for p in plans], sweep=sweep.name,
+                                     code_rev=rev)
         _close_done(client, sweep, plans)
         todo = [p for p in plans if p.state != "done"]
         n, done, ran = len(plans), len(plans) - len(todo), len(todo)

@@ -96,23 +96,45 @@ def ensure_parent_run(
 ) -> str:
     """The lineage's parent run (created once, in whichever experiment first ran it), tagged as a
     member of `sweep`. Returns its run id."""
-    lid = lineage_id(spec)
-    found = search_all(client, tag_filter(kind=KIND_LINEAGE, lineage_id=lid))
+    found = search_all(client, tag_filter(kind=KIND_LINEAGE, lineage_id=lineage_id(spec)))
+    return _ensure_parent(client, experiment_id, spec, found, sweep=sweep, code_rev=code_rev)
+
+
+def ensure_parent_runs(
+    client: MlflowClient, experiment_id: str, specs: list[LineageSpec], *, sweep: str, code_rev: str
+) -> dict[str, str]:
+    """`ensure_parent_run` for many lineages: one search for the parent runs that exist (a
+    search per lineage costs more than creating its run), then only the missing ones are
+    created. Returns lineage id -> parent run id."""
+    wanted = {lineage_id(spec): spec for spec in specs}
+    found: dict[str, list] = {lid: [] for lid in wanted}
+    for run in search_all(client, tag_filter(kind=KIND_LINEAGE)):
+        lid = run.data.tags.get(f"{TAG}lineage_id")
+        if lid in found:
+            found[lid].append(run)
+    return {lid: _ensure_parent(client, experiment_id, spec, found[lid], sweep=sweep, code_rev=code_rev)
+            for lid, spec in wanted.items()}
+
+
+def _ensure_parent(client: MlflowClient, experiment_id: str, spec: LineageSpec, found: list, *,
+                   sweep: str, code_rev: str) -> str:
+    """The earliest of the lineage's `found` parent runs, or a new one; tagged as a member of
+    `sweep`."""
+    sweep_tag = f"{TAG}sweep.{sweep}"
     if found:
         run = min(found, key=lambda r: r.info.start_time or 0)
-        run_id = run.info.run_id
-    else:
-        run = client.create_run(experiment_id, run_name=lid, tags=lineage_tags(spec, code_rev))
-        run_id = run.info.run_id
-        # Params are the flattened identity spec (defaults included, so the UI shows them all).
-        full = {k: v for k, v in spec.model_dump(mode="json").items() if k not in RUNTIME_FIELDS}
-        params = [Param(k, v[:6000]) for k, v in sorted(flatten(full).items())]
-        for i in range(0, len(params), _MAX_PARAMS_PER_BATCH):
-            client.log_batch(run_id, params=params[i : i + _MAX_PARAMS_PER_BATCH])
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.SCHEDULED))
-    sweep_tag = f"{TAG}sweep.{sweep}"
-    if run.data.tags.get(sweep_tag) != "1":
-        client.set_tag(run_id, sweep_tag, "1")
+        if run.data.tags.get(sweep_tag) != "1":
+            client.set_tag(run.info.run_id, sweep_tag, "1")
+        return run.info.run_id
+    lid = lineage_id(spec)
+    run_id = client.create_run(experiment_id, run_name=lid,
+                               tags={**lineage_tags(spec, code_rev), sweep_tag: "1"}).info.run_id
+    # Params are the flattened identity spec (defaults included, so the UI shows them all).
+    full = {k: v for k, v in spec.model_dump(mode="json").items() if k not in RUNTIME_FIELDS}
+    params = [Param(k, v[:6000]) for k, v in sorted(flatten(full).items())]
+    for i in range(0, len(params), _MAX_PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=params[i : i + _MAX_PARAMS_PER_BATCH])
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.SCHEDULED))
     return run_id
 
 
