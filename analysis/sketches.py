@@ -14,7 +14,7 @@ The size rule: a sketch is stored when its tensors take at most `STORE_RATIO` (4
 bytes of its activation file (float32). CCA bases ([n, rank] float64 plus S V^T [rank, p]), NBS
 factors and CKA feature-form sketches hold at most the activation in float64 plus a [p, p]
 block: about 2x the file, 4x when p reaches n, so they are always stored. A packed centred
-Gram (CKA's Gram form, n(n+1)/2 float64) is 4n^2 bytes against 4np: it is stored when
+Gram (CKA's Gram form, about n^2/2 float64: the upper slabs) is ~4n^2 bytes against 4np: it is stored when
 n <= 4p (512 units on 1,000 probe examples: 4 MB beside a 2 MB activation), not beyond
 (512 units on 5,000 examples: 100 MB beside 10 MB). Unstored sketches live in an in-process
 LRU bounded by `CACHE_BYTES`; `analysis.pairs.tiles` orders tiles so that consecutive tiles
