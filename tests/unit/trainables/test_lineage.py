@@ -36,19 +36,24 @@ def test_same_spec_same_weights(tiny_spec, tmp_path, digest):
     assert digest(_level(a, 2).masks) == digest(_level(b, 2).masks)
 
 
+class _Stop(Exception):
+    pass
+
+
+def _cut(spec, workdir, *, level: int, epoch: int) -> None:
+    """Run the lineage and stop it (as a kill would) after `epoch` epochs of `level`."""
+    def stop(at_level, at_epoch):
+        if (at_level, at_epoch) == (level, epoch):
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        run_lineage(spec, workdir=workdir, on_epoch=stop)
+
+
 def test_resume_is_bit_identical(tiny_spec, tmp_path, digest):
     spec = tiny_spec(train={"epochs": 3})
     whole = run_lineage(spec, workdir=tmp_path / "whole")
-
-    class Stop(Exception):
-        pass
-
-    def stop_mid_level_1(level, epoch):
-        if (level, epoch) == (1, 2):
-            raise Stop
-
-    with pytest.raises(Stop):
-        run_lineage(spec, workdir=tmp_path / "cut", on_epoch=stop_mid_level_1)
+    _cut(spec, tmp_path / "cut", level=1, epoch=2)
     assert ckpt.complete_levels(tmp_path / "cut", whole.lineage_id) == [0]
     # what writes killed mid-way leave: a level folder and a progress file half-written
     root = ckpt.lineage_dir(tmp_path / "cut", whole.lineage_id)
@@ -202,16 +207,7 @@ def test_conv_lineage_trains_channels_last_and_resumes_bit_identically(tiny_spec
     assert probe.channels_last
     assert probe.model.get_parameter("conv1.weight").is_contiguous(memory_format=torch.channels_last)
     whole = run_lineage(spec, workdir=tmp_path / "whole")
-
-    class Stop(Exception):
-        pass
-
-    def stop(level, epoch):
-        if (level, epoch) == (1, 1):
-            raise Stop
-
-    with pytest.raises(Stop):
-        run_lineage(spec, workdir=tmp_path / "cut", on_epoch=stop)
+    _cut(spec, tmp_path / "cut", level=1, epoch=1)
     resumed = run_lineage(spec, workdir=tmp_path / "cut")
     assert digest(_level(resumed, 1).model) == digest(_level(whole, 1).model)
     plain = build_model("conv2", input_shape=(1, 8, 8), num_classes=10)
