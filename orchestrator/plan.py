@@ -27,8 +27,12 @@ class LineagePlan:
     state: str  # "done" | "partial" | "todo"
     levels_done: int  # levels 0.. complete on disk and in MLflow
     n_levels: int  # levels of the lineage, dense level 0 included
-    test_acc: float | None  # of the newest level done
     metrics: Mapping[str, float] = field(default_factory=dict)  # of the newest level done
+
+    @property
+    def test_acc(self) -> float | None:
+        """Test accuracy of the newest level done (None before any)."""
+        return self.metrics.get("test_acc")
 
 
 def _finished_levels(client: MlflowClient | None) -> dict[str, dict[int, dict[str, float]]]:
@@ -100,5 +104,5 @@ def plan_sweep(sweep: SweepSpec, client: MlflowClient | None = None) -> list[Lin
             done += 1
         state = "done" if done == n_levels else ("partial" if done or on_disk else "todo")
         metrics = logged.get(done - 1, {}) if done else {}
-        plans.append(LineagePlan(lid, spec, state, done, n_levels, metrics.get("test_acc"), metrics))
+        plans.append(LineagePlan(lid, spec, state, done, n_levels, metrics))
     return plans
