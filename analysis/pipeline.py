@@ -19,6 +19,7 @@ import polars as pl
 from analysis.extract import CheckpointExtractor, products
 from analysis.catalog import build_catalog
 from analysis.pairs import Rep, Tile, pair_key, pair_set, tiles
+from analysis.similarity.inputs import common_size
 from analysis.sketches import SketchStore, activation_shape
 from analysis.specs import AnalysisSpec, analysis_id
 from analysis.tables import similarity_dir, tables_root, to_arrow, update_columns, write_parquet_atomic
@@ -296,7 +297,7 @@ def _common_size(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> tuple[in
     """The spatial size both sides are pooled to in `spatial` mode (2-D layers count as 1 x 1)."""
     a = a_shape[2:] if len(a_shape) == 4 else (1, 1)
     b = b_shape[2:] if len(b_shape) == 4 else (1, 1)
-    return (min(a[0], b[0]), min(a[1], b[1]))
+    return common_size(tuple(a), tuple(b))
 
 
 def _dim(reported: int, live: int) -> int:
