@@ -37,6 +37,7 @@ from analysis.pairs import Rep, Tile, pair_set, tiles  # noqa: E402
 from analysis.pipeline import _tile_to_json, _TileWriter  # noqa: E402
 from analysis.similarity import (MEASURES, cka_form, pairwise_sketches, sketch, sketch_spec,  # noqa: E402
                                  to_payload)
+from analysis.similarity.spectra import cpu_backend  # noqa: E402
 from analysis.sketches import fits  # noqa: E402
 from analysis.specs import AnalysisSpec  # noqa: E402
 from analysis.tables import to_arrow, write_parquet_atomic  # noqa: E402
@@ -334,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     session = Session()
     check_formulas()
-    results: dict = {"n": args.n, "reps": args.reps, "cka_tile": CKA_TILE, "layers": {}}
+    results: dict = {"n": args.n, "reps": args.reps, "cka_tile": CKA_TILE, "cpu_lapack": cpu_backend(),
+                     "layers": {}}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for name in layers:

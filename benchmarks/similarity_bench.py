@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.similarity import MEASURES, pairwise  # noqa: E402
+from analysis.similarity.spectra import cpu_backend  # noqa: E402
 
 SIZES = {"small": (24, 2000, 256), "large": (200, 1000, 512), "gpu": (1000, 1000, 512)}
 EPS = torch.finfo(torch.float64).eps
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                                            / f"similarity-{device.type}.json")
     results = json.loads(out.read_text()) if out.exists() else {"runs": {}}
     results.update({"device": device.type, "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "machine": platform.processor()
+                    "threads": torch.get_num_threads(), "cpu_lapack": cpu_backend(), "machine": platform.processor()
                     or platform.machine()})
     for size in args.sizes.split(","):
         count, n, p = SIZES[size]

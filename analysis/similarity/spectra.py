@@ -1,13 +1,87 @@
-"""Singular values of batches of small blocks, the per-pair cost of the CCA family and NBS."""
+"""Singular values of batches of small blocks, the per-pair cost of the CCA family and NBS.
+
+The Gram and symmetric eigensolver run in torch, or, for float64 CPU blocks where torch's
+LAPACK is Intel MKL on a non-Intel CPU, in numpy's OpenBLAS: MKL takes a generic code path
+there, and OpenBLAS measured 1.8x faster for the [p, p] Gram and 1.5x for `eigvalsh` at
+p = 512 (single thread, AMD EPYC). `IMPSWEEP_CPU_LAPACK` = "torch" | "numpy" overrides the
+choice; both agree to round-off."""
 
 from __future__ import annotations
 
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
 import torch
 
 # Eigenvalues of the Gram B^T B carry an absolute error of about eps * lambda_max, so
 # sqrt(lambda_i) is accurate while lambda_i / lambda_max stays above this ratio (the error of
 # sigma_i is then below ~1e-10 sigma_max); blocks with smaller eigenvalues fall back to an SVD.
 GRAM_RATIO = 1e-12
+
+BACKEND_VARIABLE = "IMPSWEEP_CPU_LAPACK"
+BACKENDS = ("auto", "torch", "numpy")
+
+
+def _cpu_vendor() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _numpy_blas() -> str:
+    try:
+        return str(np.show_config(mode="dicts")["Build Dependencies"]["lapack"]["name"])
+    except (KeyError, TypeError):
+        return ""
+
+
+@functools.cache
+def cpu_backend() -> str:
+    """"numpy" or "torch": where float64 CPU Grams and eigensolves run (see the module doc)."""
+    choice = os.environ.get(BACKEND_VARIABLE, "auto").strip().lower() or "auto"
+    if choice not in BACKENDS:
+        raise ValueError(f"{BACKEND_VARIABLE}={choice!r} is not one of {', '.join(BACKENDS)}")
+    if choice != "auto":
+        return choice
+    mkl_off_intel = torch.backends.mkl.is_available() and _cpu_vendor() not in ("", "GenuineIntel")
+    return "numpy" if mkl_off_intel and "mkl" not in _numpy_blas().lower() else "torch"
+
+
+def _on_numpy(blocks: torch.Tensor) -> bool:
+    return (blocks.device.type == "cpu" and blocks.dtype == torch.float64
+            and cpu_backend() == "numpy")
+
+
+def _gram(blocks: torch.Tensor, left: bool) -> torch.Tensor:
+    """B B^T (left) or B^T B, [B, a, a] or [B, b, b]."""
+    if _on_numpy(blocks):
+        array = blocks.numpy()
+        swapped = array.transpose(0, 2, 1)
+        return torch.from_numpy(np.matmul(array, swapped) if left else np.matmul(swapped, array))
+    return blocks @ blocks.mT if left else blocks.mT @ blocks
+
+
+def _eigh(gram: torch.Tensor, vectors: bool
+          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Eigenvalues ascending (and eigenvectors) of a batch of symmetric matrices; a solver
+    that fails to converge raises torch.linalg.LinAlgError on either backend."""
+    if _on_numpy(gram):
+        try:
+            if vectors:
+                values, vecs = np.linalg.eigh(gram.numpy())
+                return torch.from_numpy(values), torch.from_numpy(vecs)
+            return torch.from_numpy(np.linalg.eigvalsh(gram.numpy())), None
+        except np.linalg.LinAlgError as error:
+            raise torch.linalg.LinAlgError(str(error)) from error
+    if vectors:
+        return torch.linalg.eigh(gram)
+    return torch.linalg.eigvalsh(gram), None
 
 
 def singular_values(blocks: torch.Tensor) -> torch.Tensor:
@@ -17,9 +91,8 @@ def singular_values(blocks: torch.Tensor) -> torch.Tensor:
     block; blocks whose spectrum reaches round-off (rank-deficient ones) use the SVD."""
     if blocks.shape[0] == 0 or min(blocks.shape[-2:]) == 0:
         return torch.linalg.svdvals(blocks)
-    gram = (blocks.mT @ blocks if blocks.shape[-1] <= blocks.shape[-2]
-            else blocks @ blocks.mT)
-    eigenvalues = torch.linalg.eigvalsh(gram).flip(-1)
+    gram = _gram(blocks, left=blocks.shape[-1] > blocks.shape[-2])
+    eigenvalues = _eigh(gram, vectors=False)[0].flip(-1)
     top = eigenvalues[:, :1]
     resolved = (eigenvalues[:, -1:] > GRAM_RATIO * top).squeeze(-1) & (top.squeeze(-1) > 0)
     values = eigenvalues.clamp_min(0.0).sqrt()
@@ -35,8 +108,7 @@ def side_vectors(blocks: torch.Tensor, left: bool) -> tuple[torch.Tensor, torch.
     ([B, b, k]), k = min(a, b). Eigenvectors of that side's Gram cost a third of an SVD;
     blocks whose k-th eigenvalue reaches round-off use the SVD."""
     k = min(blocks.shape[-2:])
-    gram = blocks @ blocks.mT if left else blocks.mT @ blocks
-    eigenvalues, vectors = torch.linalg.eigh(gram)
+    eigenvalues, vectors = _eigh(_gram(blocks, left), vectors=True)
     eigenvalues = eigenvalues.flip(-1)[:, :k]
     vectors = vectors.flip(-1)[:, :, :k]
     top = eigenvalues[:, 0]
