@@ -10,6 +10,7 @@ n=1000 x p=512, CUDA only).
 
     python benchmarks/similarity_bench.py [--device cpu|cuda] [--sizes small,large]
                                           [--measures linear_cka,...] [--loop-pairs 12] [--threads N]
+                                          [--rounds 3]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import math
 import platform
 import random
+import statistics
 import sys
 import time
 import warnings
@@ -211,21 +213,30 @@ def time_pairwise(name: str, reps: list[torch.Tensor], total_pairs: int, block: 
 
 
 def bench_measure(name: str, reps: list[torch.Tensor], loop_pairs: list[tuple[int, int]],
-                  total_pairs: int, device: torch.device, block: int = 0) -> dict:
-    values, pairwise_s, pairwise_timed, _ = time_pairwise(name, reps, total_pairs, block,
-                                                          device)
-    if pairwise_timed < total_pairs:
-        in_block = [(i, j) for i in range(block) for j in range(block, 2 * block)]
-        loop_pairs = random.Random(0).sample(in_block, min(len(loop_pairs), len(in_block)))
-    cpu_reps = [r.cpu() for r in reps]
-    start = time.perf_counter()
-    loop_values = [float(LOOPS[name](cpu_reps[i], cpu_reps[j])) for i, j in loop_pairs]
-    loop_s = (time.perf_counter() - start) * total_pairs / len(loop_pairs)
+                  total_pairs: int, device: torch.device, block: int = 0, rounds: int = 1) -> dict:
+    """Both sides timed `rounds` times, alternately, so that a drift of the machine's speed
+    (this 2-core machine's per-pair times drift by up to 1.6x within a minute) hits both;
+    seconds are medians over the rounds and the ratio is theirs."""
+    pairwise_times, loop_times = [], []
+    values = loop_values = None
+    for _ in range(rounds):
+        values, pairwise_s, pairwise_timed, _ = time_pairwise(name, reps, total_pairs, block,
+                                                              device)
+        pairwise_times.append(pairwise_s)
+        if pairwise_timed < total_pairs:
+            in_block = [(i, j) for i in range(block) for j in range(block, 2 * block)]
+            loop_pairs = random.Random(0).sample(in_block, min(len(loop_pairs), len(in_block)))
+        cpu_reps = [r.cpu() for r in reps]
+        start = time.perf_counter()
+        loop_values = [float(LOOPS[name](cpu_reps[i], cpu_reps[j])) for i, j in loop_pairs]
+        loop_times.append((time.perf_counter() - start) * total_pairs / len(loop_pairs))
+    pairwise_s, loop_s = statistics.median(pairwise_times), statistics.median(loop_times)
     diffs = [abs(values[i, j].item() - v) for (i, j), v in zip(loop_pairs, loop_values)
              if not math.isnan(v)]
     return {"measure": name, "pairs": total_pairs, "loop_pairs_timed": len(loop_pairs),
-            "pairwise_pairs_timed": pairwise_timed,
+            "pairwise_pairs_timed": pairwise_timed, "rounds": rounds,
             "pairwise_s": pairwise_s, "loop_s": loop_s,
+            "pairwise_s_rounds": pairwise_times, "loop_s_rounds": loop_times,
             "pairwise_pairs_per_s": total_pairs / pairwise_s,
             "loop_pairs_per_s": total_pairs / loop_s, "ratio": loop_s / pairwise_s,
             "max_abs_diff": max(diffs) if diffs else None}
@@ -243,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block", type=int, default=24,
                         help="large sizes: time pairwise for the per-pair-bound measures on "
                         "a block x block rectangle of pairs and scale; 0 runs all pairs")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating timings of both sides per measure (medians reported)")
     parser.add_argument("--out", default=None, help="results file (default: "
                         "benchmarks/results/similarity-<device>.json)")
     args = parser.parse_args(argv)
@@ -269,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{'pairs/s':>10s} {'max|diff|':>10s}")
         for name in args.measures.split(","):
             block = 0 if size == "small" else args.block
-            row = bench_measure(name, reps, sample, len(all_pairs), device, block)
+            row = bench_measure(name, reps, sample, len(all_pairs), device, block, args.rounds)
             row.update({"M": count, "n": n, "p": p})
             rows[name] = row
             diff = "-" if row["max_abs_diff"] is None else f"{row['max_abs_diff']:.1e}"
