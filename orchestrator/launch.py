@@ -82,7 +82,7 @@ def run_sweep(sweep: SweepSpec, *, echo: Echo = print) -> SweepOutcome:
         parents = ensure_parent_runs(client, experiment_id, [p.spec for p in plans], sweep=sweep.name,
                                      code_rev=rev)
         _close_done(client, sweep, plans)
-        todo = [p for p in plans if p.state != "done"]
+        todo = [p for p in plans if not p.finished]
         n, done, ran = len(plans), len(plans) - len(todo), len(todo)
         echo(f"sweep {sweep.name}: {n} lineages, {done} already done, {len(todo)} to run")
         failed = _grid(sweep, todo, parents, experiment_id, rev, echo) if todo else ()
@@ -95,7 +95,7 @@ def _close_done(client: MlflowClient, sweep: SweepSpec, plans: list[LineagePlan]
     """Mark FINISHED the parent run of every lineage whose levels are all recorded: a driver
     killed between a trial's last level and its end leaves it RUNNING, and no trial will run
     the lineage again to close it."""
-    done = {p.lineage_id for p in plans if p.state == "done"}
+    done = {p.lineage_id for p in plans if p.finished}
     member = f"{tag_filter(kind=KIND_LINEAGE)} and tags.`{TAG}sweep.{sweep.name}` = '1'"
     for run in search_all(client, f"{member} and attributes.status != 'FINISHED'") if done else ():
         if run.data.tags.get(f"{TAG}lineage_id") in done:
@@ -110,7 +110,12 @@ def _run_config(sweep: SweepSpec, echo: Echo, expected: int):
     from ray import tune
 
     from orchestrator.progress import ProgressCallback
+    from orchestrator.stops import StopRecorder
 
+    workdir = str(sweep.workdir_path.resolve())
+    callbacks = [ProgressCallback(echo, expected, workdir)]
+    if sweep.search is not None:
+        callbacks.append(StopRecorder(sweep.resolved_tracking_uri, sweep.name, workdir))
     return tune.RunConfig(
         name=sweep.name,
         storage_path=sweep.resolved_storage_path,
@@ -118,7 +123,7 @@ def _run_config(sweep: SweepSpec, echo: Echo, expected: int):
         # Tune's checkpoints are small pointers (the lineage keeps its own levels); keeping
         # them all avoids the forced experiment snapshot that num_to_keep triggers.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-        callbacks=[ProgressCallback(echo, expected)],
+        callbacks=callbacks,
         verbose=0,
     )
 
@@ -200,46 +205,80 @@ def _search(sweep: SweepSpec, client: MlflowClient, experiment_id: str, rev: str
     far. A trial younger than that snapshot (Tune takes one every 10 s or more) would be
     forgotten and its place proposed anew, so otherwise the driver starts a new experiment from
     the plan: a study told the results of the finished lineages, asking first for the
-    unfinished ones (they resume from their checkpoints), then sampling the rest."""
+    unfinished ones (they resume from their checkpoints), then sampling the rest.
+
+    Like a grid, a search runs as Tune experiments of at most `chunk_size` lineages (Tune's
+    driver keeps every trial of an experiment in memory), each a study rebuilt from the plan;
+    an ASHA scheduler compares the lineages of one experiment. A point proposed twice is one
+    lineage, so chunks go on until `num_samples` distinct lineages are finished, or failed in
+    this run, or a chunk adds none (a search space with fewer points)."""
     from ray import tune
 
-    from trainables.tune_entry import lineage_trainable, trial_name
+    from trainables.tune_entry import lineage_trainable
 
     search = sweep.search
     path = f"{sweep.resolved_storage_path.rstrip('/')}/{sweep.name}"
     trainable = tune.with_resources(lineage_trainable, _resources(sweep))
     plans = plan_sweep(sweep, client)[: search.num_samples]
-    finished = [p for p in plans if p.state == "done"]
+    finished = [p for p in plans if p.finished]
+    already = len(finished)
     _close_done(client, sweep, plans)
     todo = search.num_samples - len(finished)
+    stopped = sum(p.state == "stopped" for p in finished)
     echo(f"sweep {sweep.name}: {search.num_samples} lineages ({search.sampler} search), "
-         f"{len(plans)} proposed so far, {len(finished)} done, {todo} to run")
+         f"{len(plans)} proposed so far, {len(finished)} done"
+         + (f" ({stopped} stopped early by the scheduler)" if stopped else "") + f", {todo} to run")
     if not todo:
-        return (), len(plans), len(finished)
+        return (), len(plans), already
+    ensure_ray()
+    failed: list[str] = []
     if tune.Tuner.can_restore(path) and {p.lineage_id for p in plans} <= _snapshot_lineages(path):
         echo(f"sweep {sweep.name}: resuming the Tune experiment {path}")
-        ensure_ray()
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
-        results = tuner.fit()
-        return _failed(results), len(results), len(finished)
+        failed += _failed(tuner.fit())
+    progress, number = None, 0
+    while True:
+        plans = plan_sweep(sweep, client)[: search.num_samples]
+        finished = [p for p in plans if p.finished]
+        open_ = [p for p in plans if not p.finished and p.lineage_id not in failed]
+        todo = search.num_samples - len(finished) - (len(plans) - len(finished) - len(open_))
+        if todo <= 0 or (len(finished), len(failed)) == progress:
+            break
+        progress, number = (len(finished), len(failed)), number + 1
+        size = min(todo, sweep.chunk_size)
+        if number > 1 or size < todo:
+            echo(f"sweep {sweep.name}: chunk {number} ({size} of {todo} lineages to run)")
+        failed += _fit_search(sweep, trainable, plans, finished, open_, size, experiment_id, rev, echo)
+    if todo > 0 and not failed:
+        echo(f"sweep {sweep.name}: the last chunk added no lineage (the search space repeats its "
+             f"points); {len(finished)} of {search.num_samples} lineages")
+    return tuple(failed), len(plans), already
+
+
+def _fit_search(sweep: SweepSpec, trainable, plans: list[LineagePlan], finished: list[LineagePlan],
+                open_: list[LineagePlan], size: int, experiment_id: str, rev: str, echo: Echo) -> tuple[str, ...]:
+    """One Tune experiment of `size` lineages: the unfinished ones first, then new samples."""
+    from ray import tune
+
+    from trainables.tune_entry import trial_name
+
+    search = sweep.search
     points = {p.lineage_id: search.point(p.spec.model_dump(mode="json")) for p in plans}
-    searcher = search.searcher(key="sample", pending=[points[p.lineage_id] for p in plans if p.state != "done"],
+    searcher = search.searcher(key="sample", pending=[points[p.lineage_id] for p in open_],
                                evaluated=[(points[p.lineage_id], p.metrics.get(search.metric)) for p in finished])
     lineage = {"base": sweep.base, "workdir": str(sweep.workdir_path.resolve()),
                "tracking": _tracking(sweep, experiment_id, rev)}
-    ensure_ray()
     tuner = tune.Tuner(
         trainable,
         param_space={"lineage": lineage},
         tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=search.scheduler(), num_samples=todo,
+            search_alg=searcher, scheduler=search.scheduler(), num_samples=size,
             max_concurrent_trials=sweep.max_concurrent, trial_name_creator=trial_name,
             trial_dirname_creator=trial_name, reuse_actors=True,
         ),
-        run_config=_run_config(sweep, echo, todo),
+        run_config=_run_config(sweep, echo, size),
     )
-    results = tuner.fit()
-    return _failed(results), len(finished) + len(results), len(finished)
+    return _failed(tuner.fit())
 
 
 def _snapshot_lineages(path: str) -> set[str]:

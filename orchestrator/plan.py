@@ -1,7 +1,8 @@
-"""What a sweep still has to do: per lineage, done / partial (up to which level) / to do.
+"""What a sweep still has to do: per lineage, done / stopped / partial (up to which level) / to do.
 
 Read from the workdir (complete level directories) and MLflow (FINISHED level runs); a level
-counts as done only when both have it.
+counts as done only when both have it. A search lineage that the sweep's scheduler stopped
+early (`orchestrator.stops`) is finished for that sweep once its levels up to the stop are done.
 """
 from __future__ import annotations
 
@@ -17,17 +18,22 @@ from trainables.checkpoints import complete_levels, lineage_dir
 from trainables.ids import lineage_id
 from trainables.lineage import final_level
 from trainables.specs import LineageSpec, with_overrides
-from trainables.tracking import KIND_LEVEL, KIND_LINEAGE, TAG, search_all, tag_filter
+from trainables.tracking import KIND_LEVEL, KIND_LINEAGE, TAG, search_all, stopped_tag, tag_filter
 
 
 @dataclass(frozen=True)
 class LineagePlan:
     lineage_id: str
     spec: LineageSpec
-    state: str  # "done" | "partial" | "todo"
+    state: str  # "done" | "stopped" (by the sweep's scheduler) | "partial" | "todo"
     levels_done: int  # levels 0.. complete on disk and in MLflow
     n_levels: int  # levels of the lineage, dense level 0 included
     metrics: Mapping[str, float] = field(default_factory=dict)  # of the newest level done
+
+    @property
+    def finished(self) -> bool:
+        """Nothing left to run for this sweep: every level done, or stopped by its scheduler."""
+        return self.state in ("done", "stopped")
 
     @property
     def test_acc(self) -> float | None:
@@ -48,21 +54,25 @@ def _finished_levels(client: MlflowClient | None) -> dict[str, dict[int, dict[st
     return out
 
 
-def _searched_lineages(sweep: SweepSpec, client: MlflowClient | None) -> list[LineageSpec]:
+def _searched_lineages(sweep: SweepSpec, client: MlflowClient | None
+                       ) -> tuple[list[LineageSpec], dict[str, int]]:
     """A search sweep's lineages are the ones proposed so far: members found in MLflow, in the
-    order they started."""
+    order they started; with the last level of those its scheduler stopped (lineage id ->
+    level)."""
     if client is None:
-        return []
+        return [], {}
     runs = search_all(client, f"{tag_filter(kind=KIND_LINEAGE)} and tags.`{TAG}sweep.{sweep.name}` = '1'")
-    specs = []
+    specs, stops = [], {}
     for run in sorted(runs, key=lambda r: r.info.start_time or 0):
         lid = run.data.tags[f"{TAG}lineage_id"]
+        if (stop := run.data.tags.get(stopped_tag(sweep.name))) is not None:
+            stops[lid] = int(stop)
         stored = lineage_dir(sweep.workdir, lid) / "spec.json"
         if stored.exists():
             specs.append(LineageSpec.model_validate(json.loads(stored.read_text())["spec"]))
         elif (spec := _spec_from_params(sweep, run.data.params, lid)) is not None:
             specs.append(spec)
-    return specs
+    return specs, stops
 
 
 def _spec_from_params(sweep: SweepSpec, params: dict[str, str], lid: str) -> LineageSpec | None:
@@ -93,7 +103,7 @@ def plan_sweep(sweep: SweepSpec, client: MlflowClient | None = None) -> list[Lin
         client = MlflowClient(sweep.resolved_tracking_uri)
     finished = _finished_levels(client)
     plans = []
-    specs = sweep.lineages if sweep.search is None else _searched_lineages(sweep, client)
+    specs, stops = (sweep.lineages, {}) if sweep.search is None else _searched_lineages(sweep, client)
     for spec in specs:
         lid = lineage_id(spec)
         n_levels = final_level(sweep.workdir, spec) + 1
@@ -102,7 +112,12 @@ def plan_sweep(sweep: SweepSpec, client: MlflowClient | None = None) -> list[Lin
         done = 0
         while done < n_levels and done in on_disk and done in logged:
             done += 1
-        state = "done" if done == n_levels else ("partial" if done or on_disk else "todo")
+        if done == n_levels:
+            state = "done"
+        elif lid in stops and done > stops[lid]:
+            state = "stopped"
+        else:
+            state = "partial" if done or on_disk else "todo"
         metrics = logged.get(done - 1, {}) if done else {}
         plans.append(LineagePlan(lid, spec, state, done, n_levels, metrics))
     return plans

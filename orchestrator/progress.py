@@ -5,13 +5,16 @@ from collections.abc import Callable
 
 from ray.tune import Callback
 
+from orchestrator.stops import stopped_after
+
 
 class ProgressCallback(Callback):
     """One line per level result, per epoch report of a long level, and per finished or failed
     lineage."""
 
-    def __init__(self, echo: Callable[[str], None], expected: int):
+    def __init__(self, echo: Callable[[str], None], expected: int, workdir: str):
         self.echo = echo
+        self.workdir = workdir
         self.expected = expected  # lineages this run will have run, when it is over
         self.levels: dict[str, tuple[int, int]] = {}  # lineage id -> (levels done, levels in all)
         self.trials: dict[str, set[str]] = {}  # trial id -> its lineages (several when fused)
@@ -39,7 +42,9 @@ class ProgressCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.finished |= self.trials.get(trial.trial_id, {trial.trial_id})
-        self.echo(f"{self._counts()} {trial.custom_dirname or trial.trial_id} finished")
+        level = stopped_after(trial.last_result, self.workdir)
+        how = "finished" if level is None else f"stopped by the scheduler after L{level:02d}"
+        self.echo(f"{self._counts()} {trial.custom_dirname or trial.trial_id} {how}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.failed |= self.trials.get(trial.trial_id, {trial.trial_id})

@@ -51,7 +51,7 @@ class SweepSpec(BaseModel):
     max_concurrent: int | None = Field(None, ge=1, description="Lineages running at once (default: as resources allow).")
     max_failures: int = Field(2, ge=0, description="Retries of a failed lineage trial.")
     chunk_size: int = Field(
-        500, ge=1, description="Lineages per Tune experiment: bounds the driver's memory on huge sweeps."
+        500, ge=1, description="Lineages per Tune experiment (grid or search): bounds the driver's memory on huge sweeps."
     )
     # Axes are checked by validate_sweep (each a non-empty list), with the lineage fields they set.
     grid: dict[str, Any] = Field({}, description="Dotted lineage field -> list of values; the cartesian product.")

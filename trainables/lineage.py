@@ -63,12 +63,18 @@ def connected_fractions(masks: Masks) -> dict[str, float]:
     return {name: float(m.flatten(1).any(1).float().mean()) for name, m in masks.items() if m.ndim >= 2}
 
 
-def final_level(workdir: str | os.PathLike, spec: LineageSpec) -> int:
-    """The last level of a lineage: its planned last, or where its stopping rule ended it."""
-    stopped = ckpt.lineage_dir(workdir, lineage_id(spec)) / STOPPED_FILE
+def rule_stop_level(workdir: str | os.PathLike, lineage: str) -> int | None:
+    """The level where the lineage's stopping rule ended it (None: not stopped by its rule)."""
+    stopped = ckpt.lineage_dir(workdir, lineage) / STOPPED_FILE
     if stopped.exists():
         return int(json.loads(stopped.read_text())["level"])
-    return spec.prune.n_levels
+    return None
+
+
+def final_level(workdir: str | os.PathLike, spec: LineageSpec) -> int:
+    """The last level of a lineage: its planned last, or where its stopping rule ended it."""
+    stopped = rule_stop_level(workdir, lineage_id(spec))
+    return spec.prune.n_levels if stopped is None else stopped
 
 
 def _fits_on_device(splits, device: torch.device, max_gb: float) -> bool:

@@ -179,6 +179,25 @@ def log_level(client: MlflowClient, ref: TrackingRef, result, *, tags: Mapping[s
     return run_id
 
 
+def stopped_tag(sweep: str) -> str:
+    """Tag of a lineage's parent run: the last level it completed before `sweep`'s scheduler
+    (ASHA) stopped it. Per sweep: another sweep sharing the lineage may run it to the end."""
+    return f"{TAG}stopped.{sweep}"
+
+
+def mark_stopped(client: MlflowClient, lineage: str, *, sweep: str, level: int) -> str | None:
+    """Record that `sweep`'s scheduler stopped `lineage` after `level` and close its parent run
+    (FINISHED: it ended by decision, not by failure). Returns the parent run id (None if the
+    lineage has none)."""
+    runs = search_all(client, tag_filter(kind=KIND_LINEAGE, lineage_id=lineage))
+    if not runs:
+        return None
+    run_id = min(runs, key=lambda r: r.info.start_time or 0).info.run_id
+    client.set_tag(run_id, stopped_tag(sweep), str(level))
+    set_lineage_status(client, run_id, "FINISHED")
+    return run_id
+
+
 def set_lineage_status(client: MlflowClient, parent_run_id: str, status: str) -> None:
     """RUNNING while a trial works on the lineage, FINISHED or FAILED at the end."""
     if status == "RUNNING":

@@ -63,10 +63,18 @@ def lineage_trainable(config: dict[str, Any]) -> None:
     try:
         run_lineage(spec, workdir=lineage["workdir"], device=spec.device, on_level=recorder.level,
                     on_epoch=recorder.epoch)
-    except BaseException:
-        recorder.finish("FAILED")
+    except BaseException as error:
+        if not _stopped_by_tune(error):
+            recorder.finish("FAILED")
         raise
     recorder.finish("FINISHED")
+
+
+def _stopped_by_tune(error: BaseException) -> bool:
+    """Tune ends a trial it stops (a scheduler's decision, or the experiment's end) with
+    SystemExit(0) out of `tune.report`. That is no failure: the driver records a scheduler's stop
+    (`orchestrator.stops`), and a lineage cut off by the experiment's end resumes on the next run."""
+    return isinstance(error, SystemExit) and error.code in (0, None)
 
 
 class _Recorder:
@@ -143,9 +151,10 @@ def _bundle_trainable(bundle: list[dict[str, Any]]) -> None:
     try:
         run_bundle(specs, workdir=bundle[0]["workdir"], device=specs[0].device,
                    on_level=lambda result: recorders[result.lineage_id].level(result), on_epoch=on_epoch)
-    except BaseException:
-        for recorder in recorders.values():
-            recorder.finish("FAILED")
+    except BaseException as error:
+        if not _stopped_by_tune(error):
+            for recorder in recorders.values():
+                recorder.finish("FAILED")
         raise
     for recorder in recorders.values():
         recorder.finish("FINISHED")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -81,6 +82,64 @@ def test_long_levels_report_epochs_and_a_search_still_sees_levels(tmp_path, ray_
                 pointer = json.loads((trial / r["checkpoint_dir_name"] / "pointer.json").read_text())
                 assert pointer["level"] == k
         assert [r["training_epoch"] for r in results if r["kind"] == "epoch"] == [1, 2] * len(levels)
+
+
+def test_asha_stops_are_recorded_and_a_restarted_search_keeps_them(tmp_path, ray_shutdown):
+    """ASHA stops a lineage at a rung without its trainable returning. The driver records the
+    stop on the parent run (closed FINISHED), `status` counts it as stopped, and a restarted
+    search that rebuilds its study from MLflow (Tune's experiment lost) neither resumes it nor
+    proposes another lineage in its place."""
+    raw = tiny_sweep(tmp_path, name="asha", max_concurrent=1, prune={"rate": 0.2, "levels": 3, "exclude": ["bias"]})
+    raw.pop("grid")
+    # lr 1e-5 learns nothing: below the rung's median it is stopped, whatever the order
+    raw["search"] = {"space": {"train.lr": {"type": "choice", "values": [0.1, 1e-5]},
+                               "seed": {"type": "int", "low": 0, "high": 10**6}},
+                     "num_samples": 4, "seed": 3, "asha": {"grace_period": 1, "reduction_factor": 2}}
+    sweep = load_sweep(raw)
+    lines: list[str] = []
+    assert run_sweep(sweep, echo=lines.append).failed == ()
+    plans = plan_sweep(sweep)
+    stopped = [p for p in plans if p.state == "stopped"]
+    assert len(plans) == 4 and stopped, [(p.lineage_id, p.state) for p in plans]
+    assert all(p.state in ("done", "stopped") for p in plans)
+    parents = {r.data.tags["impsweep.lineage_id"]: r for r in mlflow_runs(sweep.resolved_tracking_uri)
+               if r.data.tags["impsweep.kind"] == "lineage"}
+    assert all(r.info.status == "FINISHED" for r in parents.values()), [
+        (lid, r.info.status, r.data.tags.get("impsweep.stopped.asha")) for lid, r in parents.items()]
+    for plan in stopped:
+        assert plan.levels_done < plan.n_levels
+        assert parents[plan.lineage_id].data.tags["impsweep.stopped.asha"] == str(plan.levels_done - 1)
+        assert any(line.endswith(f"{plan.lineage_id} stopped by the scheduler after L{plan.levels_done - 1:02d}")
+                   for line in lines)
+    levels = {p.lineage_id: complete_levels(sweep.workdir, p.lineage_id) for p in plans}
+    runs_before = sorted(r.info.run_id for r in mlflow_runs(sweep.resolved_tracking_uri))
+    shutil.rmtree(sweep.workdir_path / "ray" / "asha")  # no Tune state: rebuilt from the plan
+    outcome = run_sweep(sweep, echo=lambda _: None)
+    assert (outcome.n_lineages, outcome.ran) == (4, 0)
+    assert {p.lineage_id: complete_levels(sweep.workdir, p.lineage_id) for p in plan_sweep(sweep)} == levels
+    assert sorted(r.info.run_id for r in mlflow_runs(sweep.resolved_tracking_uri)) == runs_before
+
+
+def test_a_search_runs_in_chunks_of_bounded_experiments(tmp_path, ray_shutdown):
+    """chunk_size bounds a search's Tune experiments as it bounds a grid's: 5 samples in chunks
+    of 2 are three experiments, each a study rebuilt from the lineages finished before it, and
+    the sweep ends with exactly 5 distinct lineages."""
+    raw = tiny_sweep(tmp_path, name="chunked", chunk_size=2, prune={"rate": 0.2, "levels": 1, "exclude": ["bias"]})
+    raw.pop("grid")
+    raw["search"] = {"space": {"train.lr": {"type": "loguniform", "low": 0.01, "high": 0.2}},
+                     "num_samples": 5, "seed": 2}
+    sweep = load_sweep(raw)
+    lines: list[str] = []
+    outcome = run_sweep(sweep, echo=lines.append)
+    assert (outcome.failed, outcome.n_lineages, outcome.ran) == ((), 5, 5)
+    assert [line.split(": ", 1)[1] for line in lines if ": chunk " in line] == [
+        "chunk 1 (2 of 5 lineages to run)", "chunk 2 (2 of 3 lineages to run)", "chunk 3 (1 of 1 lineages to run)"]
+    plans = plan_sweep(sweep)
+    assert len(plans) == 5 and all(p.state == "done" for p in plans)
+    assert len({p.spec.train.lr for p in plans}) == 5
+    parents = [r for r in mlflow_runs(sweep.resolved_tracking_uri) if r.data.tags["impsweep.kind"] == "lineage"]
+    assert sorted(r.data.tags["impsweep.lineage_id"] for r in parents) == sorted(p.lineage_id for p in plans)
+    assert all(r.info.status == "FINISHED" for r in parents)
 
 
 def test_overlapping_sweeps_share_a_lineage(tmp_path, ray_shutdown):
