@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import torch
 
-from analysis.similarity import cka
+from analysis.similarity import cka, spectra
 from analysis.similarity.registry import MeasureInfo, get_measure
 
 EPS = torch.finfo(torch.float64).eps
@@ -61,7 +61,7 @@ def centre(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def thin_svd(zc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rank-aware thin SVD: (U [n, r], s [r], Vh [r, p]) keeping s_i > max(n, p) eps s_1."""
-    u, s, vh = torch.linalg.svd(zc, full_matrices=False)
+    u, s, vh = spectra.thin_svd(zc)
     if s.numel() == 0 or not bool(s[0] > 0):
         return u[:, :0], s[:0], vh[:0]
     rank = int((s > max(zc.shape) * EPS * s[0]).sum())

@@ -43,16 +43,32 @@ def test_backends_agree_with_the_svd(backend, shape):
             torch.testing.assert_close(overlap, torch.ones_like(overlap), atol=1e-9, rtol=0)
 
 
+@pytest.mark.parametrize("shape", [(30, 12), (12, 30)])
+def test_thin_svd_agrees_on_both_backends(backend, shape):
+    matrix = _blocks(shape=(1, *shape))[0]
+    for name in ("torch", "numpy"):
+        backend(name)
+        u, s, vh = spectra.thin_svd(matrix)
+        assert u.shape == (shape[0], min(shape)) and vh.shape == (min(shape), shape[1])
+        torch.testing.assert_close((u * s) @ vh, matrix, atol=1e-12, rtol=0)
+        torch.testing.assert_close(s, torch.linalg.svdvals(matrix), atol=1e-12, rtol=0)
+
+
 def test_pairwise_is_the_same_on_both_backends(backend):
     gen = torch.Generator().manual_seed(3)
+    # one wider than n: NBS sketches it by a thin SVD
     layers = [torch.randn(40, 6 + k, generator=gen, dtype=torch.float64) for k in range(4)]
+    layers.append(torch.randn(40, 64, generator=gen, dtype=torch.float64))
     results = {}
     for name in ("torch", "numpy"):
         backend(name)
-        results[name] = {m: pairwise(layers, measure=m).values
-                         for m in ("nbs", "mean_cca", "pwcca", "svcca")}
-    for measure, values in results["torch"].items():
-        torch.testing.assert_close(results["numpy"][measure], values, atol=1e-12, rtol=0)
+        results[name] = {m: pairwise(layers, measure=m)
+                         for m in ("nbs", "mean_cca", "pwcca", "svcca", "pwcca_google")}
+    for measure, result in results["torch"].items():
+        other = results["numpy"][measure]
+        torch.testing.assert_close(other.values, result.values, atol=1e-12, rtol=0, equal_nan=True)
+        assert (other.status == result.status).all()
+    assert not torch.isnan(results["numpy"]["nbs"].values).any()
 
 
 def test_rank_deficient_blocks_fall_back_to_the_svd_on_both_backends(backend):
