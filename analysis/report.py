@@ -18,6 +18,7 @@ import polars as pl
 
 from analysis import plots
 from analysis.tables import scan_tables
+from trainables.checkpoints import exclusive_lock
 
 _HEATMAPS_PER_MEASURE = 3  # L×L heatmaps drawn per measure (dense vs sparsest, one lineage per config)
 _RF_CONFIGS = 3  # configs whose receptive fields are drawn
@@ -50,15 +51,17 @@ def write_report(workdir: str | os.PathLike, sweep: str, *, tracking_uri: str | 
     frames = _sweep_frames(workdir, sweep)
     final = Path(out_dir) if out_dir is not None else Path(workdir) / "reports" / sweep
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the report is meant to be shared
-        sections = _sections(frames, tmp)
-        (tmp / "index.html").write_text(_page(sweep, frames, sections), encoding="utf-8")
-        _replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with exclusive_lock(final.parent / f".{final.name}.lock"):
+        _remove_killed_builds(final)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+        try:
+            tmp.chmod(0o755)  # mkdtemp makes it private; the report is meant to be shared
+            sections = _sections(frames, tmp)
+            (tmp / "index.html").write_text(_page(sweep, frames, sections), encoding="utf-8")
+            _replace_dir(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     if tracking_uri is not None:
         _log_to_mlflow(final, sweep, tracking_uri)
     return final / "index.html"
@@ -310,6 +313,15 @@ def _lineage_summary(frames: dict[str, pl.DataFrame]) -> pl.DataFrame:
             .agg(pl.col("seed").sort().cast(pl.String).str.join(",").alias("seeds"),
                  pl.col("last_level").min().alias("levels_done"), pl.col("max_sparsity").max())
             .sort("config_id"))
+
+
+def _remove_killed_builds(final: Path) -> None:
+    """Delete what a report build killed mid-way left beside `final` (its hidden build folder,
+    and the old report renamed aside if the kill came between the two renames of
+    `_replace_dir`); call it under the report's lock."""
+    for pattern in (f".{final.name}.*.tmp", f".{final.name}.*.tmp.old"):
+        for stale in final.parent.glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _replace_dir(new: Path, final: Path) -> None:

@@ -114,7 +114,20 @@ def test_a_second_report_replaces_the_first_without_leftovers(tmp_path):
     index = write_report(workdir, "s1", out_dir=out)
     assert index == out / "index.html"
     assert _pngs(out) == ["accuracy_vs_sparsity.png"]  # a file of the old report is gone
-    assert sorted(p.name for p in out.parent.iterdir()) == ["rep"]  # no hidden temporaries left
+    assert sorted(p.name for p in out.parent.iterdir()) == [".rep.lock", "rep"]  # no temporaries left
+
+
+def test_what_a_killed_report_left_is_removed_by_the_next_one(tmp_path):
+    """A build killed mid-way leaves its hidden folder, or (between the two renames that swap
+    the report in) the old report renamed aside; the next report of the same folder removes
+    them, and leaves another report's build alone."""
+    workdir = _workdir(tmp_path, similarity=False)
+    out = tmp_path / "out" / "rep"
+    for name in (".rep.x1y2.tmp", ".rep.z3.tmp.old", ".other.k9.tmp"):
+        (out.parent / name).mkdir(parents=True)
+        (out.parent / name / "index.html").write_text("half")
+    write_report(workdir, "s1", out_dir=out)
+    assert sorted(p.name for p in out.parent.iterdir()) == [".other.k9.tmp", ".rep.lock", "rep"]
 
 
 def test_unknown_sweep_is_a_value_error_naming_the_known_ones(tmp_path):
