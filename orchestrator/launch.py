@@ -86,9 +86,24 @@ def run_sweep(sweep: SweepSpec, *, echo: Echo = print) -> SweepOutcome:
         n, done, ran = len(plans), len(plans) - len(todo), len(todo)
         echo(f"sweep {sweep.name}: {n} lineages, {done} already done, {len(todo)} to run")
         failed = _grid(sweep, todo, parents, experiment_id, rev, echo) if todo else ()
+    cut = _close_cut_off(client, sweep, failed) if ran else 0
     wall = time.perf_counter() - start
-    echo(f"sweep {sweep.name}: finished in {wall:.1f}s" + (f", {len(failed)} failed: {list(failed)}" if failed else ""))
+    echo(f"sweep {sweep.name}: finished in {wall:.1f}s" + (f", {len(failed)} failed: {list(failed)}" if failed else "")
+         + (f", {cut} cut off before their end (run again to resume them)" if cut else ""))
     return SweepOutcome(sweep.name, n, done, ran, failed, wall)
+
+
+def _close_cut_off(client: MlflowClient, sweep: SweepSpec, failed: tuple[str, ...]) -> int:
+    """After Tune has returned, mark KILLED the parent runs still RUNNING of the sweep's
+    unfinished lineages: an interrupted experiment (Ctrl-C) stops its trials without failing
+    them, and no trial is left to close their runs. Returns how many lineages are unfinished
+    without having failed."""
+    unfinished = {p.lineage_id for p in plan_sweep(sweep, client) if not p.finished} - set(failed)
+    member = f"{tag_filter(kind=KIND_LINEAGE)} and tags.`{TAG}sweep.{sweep.name}` = '1'"
+    for run in search_all(client, f"{member} and attributes.status = 'RUNNING'") if unfinished else ():
+        if run.data.tags.get(f"{TAG}lineage_id") in unfinished:
+            set_lineage_status(client, run.info.run_id, "KILLED")
+    return len(unfinished)
 
 
 def _close_done(client: MlflowClient, sweep: SweepSpec, plans: list[LineagePlan]) -> None:
