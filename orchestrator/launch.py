@@ -94,11 +94,14 @@ def run_sweep(sweep: SweepSpec, *, echo: Echo = print) -> SweepOutcome:
 
 
 def _close_cut_off(client: MlflowClient, sweep: SweepSpec, failed: tuple[str, ...]) -> int:
-    """After Tune has returned, mark KILLED the parent runs still RUNNING of the sweep's
-    unfinished lineages: an interrupted experiment (Ctrl-C) stops its trials without failing
-    them, and no trial is left to close their runs. Returns how many lineages are unfinished
-    without having failed."""
-    unfinished = {p.lineage_id for p in plan_sweep(sweep, client) if not p.finished} - set(failed)
+    """After Tune has returned, close the parent runs an interrupted experiment (Ctrl-C) left
+    RUNNING: it stops its trials without failing them, and ends their actors after a grace
+    period, so no trial is left to close their runs. Unfinished lineages become KILLED, and one
+    whose last level landed in the grace period FINISHED. Returns how many lineages are
+    unfinished without having failed."""
+    plans = plan_sweep(sweep, client)
+    _close_done(client, sweep, plans)
+    unfinished = {p.lineage_id for p in plans if not p.finished} - set(failed)
     member = f"{tag_filter(kind=KIND_LINEAGE)} and tags.`{TAG}sweep.{sweep.name}` = '1'"
     for run in search_all(client, f"{member} and attributes.status = 'RUNNING'") if unfinished else ():
         if run.data.tags.get(f"{TAG}lineage_id") in unfinished:
