@@ -75,7 +75,8 @@ def run_sweep(sweep: SweepSpec, *, echo: Echo = print) -> SweepOutcome:
     client, experiment_id = prepare_tracking(sweep)
     rev = code_rev()
     if sweep.search is not None:
-        failed, n, done = _search(sweep, client, experiment_id, rev, echo)
+        failed, plans, done = _search(sweep, client, experiment_id, rev, echo)
+        n = len(plans)
         ran = n - done
     else:
         plans = plan_sweep(sweep, client)
@@ -86,26 +87,24 @@ def run_sweep(sweep: SweepSpec, *, echo: Echo = print) -> SweepOutcome:
         n, done, ran = len(plans), len(plans) - len(todo), len(todo)
         echo(f"sweep {sweep.name}: {n} lineages, {done} already done, {len(todo)} to run")
         failed = _grid(sweep, todo, parents, experiment_id, rev, echo) if todo else ()
-    cut = _close_cut_off(client, sweep, failed) if ran else 0
+        plans = plan_sweep(sweep, client) if todo else plans
+    cut = _close_cut_off(client, sweep, plans, failed) if ran else 0
     wall = time.perf_counter() - start
     echo(f"sweep {sweep.name}: finished in {wall:.1f}s" + (f", {len(failed)} failed: {list(failed)}" if failed else "")
          + (f", {cut} cut off before their end (run again to resume them)" if cut else ""))
     return SweepOutcome(sweep.name, n, done, ran, failed, wall)
 
 
-def _close_cut_off(client: MlflowClient, sweep: SweepSpec, failed: tuple[str, ...]) -> int:
-    """After Tune has returned, close the parent runs an interrupted experiment (Ctrl-C) left
-    RUNNING: it stops its trials without failing them, and ends their actors after a grace
-    period, so no trial is left to close their runs. Unfinished lineages become KILLED, and one
-    whose last level landed in the grace period FINISHED. Returns how many lineages are
-    unfinished without having failed."""
-    plans = plan_sweep(sweep, client)
+def _close_cut_off(client: MlflowClient, sweep: SweepSpec, plans: list[LineagePlan],
+                   failed: tuple[str, ...]) -> int:
+    """After Tune has returned (`plans` read since), close the parent runs an interrupted
+    experiment (Ctrl-C) left RUNNING: it stops its trials without failing them, and ends their
+    actors after a grace period, so no trial is left to close their runs. Unfinished lineages
+    become KILLED, and one whose last level landed in the grace period FINISHED. Returns how
+    many lineages are unfinished without having failed."""
     _close_done(client, sweep, plans)
     unfinished = {p.lineage_id for p in plans if not p.finished} - set(failed)
-    member = f"{tag_filter(kind=KIND_LINEAGE)} and tags.`{TAG}sweep.{sweep.name}` = '1'"
-    for run in search_all(client, f"{member} and attributes.status = 'RUNNING'") if unfinished else ():
-        if run.data.tags.get(f"{TAG}lineage_id") in unfinished:
-            set_lineage_status(client, run.info.run_id, "KILLED")
+    _set_parent_status(client, sweep, unfinished, "KILLED", where="= 'RUNNING'")
     return len(unfinished)
 
 
@@ -114,10 +113,17 @@ def _close_done(client: MlflowClient, sweep: SweepSpec, plans: list[LineagePlan]
     killed between a trial's last level and its end leaves it RUNNING, and no trial will run
     the lineage again to close it."""
     done = {p.lineage_id for p in plans if p.finished}
+    _set_parent_status(client, sweep, done, "FINISHED", where="!= 'FINISHED'")
+
+
+def _set_parent_status(client: MlflowClient, sweep: SweepSpec, lineages: set[str], status: str, *,
+                       where: str) -> None:
+    """Set `status` on the parent runs of `lineages` (members of `sweep`) whose current status
+    satisfies `where` (an MLflow filter clause on it); one search for them all."""
     member = f"{tag_filter(kind=KIND_LINEAGE)} and tags.`{TAG}sweep.{sweep.name}` = '1'"
-    for run in search_all(client, f"{member} and attributes.status != 'FINISHED'") if done else ():
-        if run.data.tags.get(f"{TAG}lineage_id") in done:
-            set_lineage_status(client, run.info.run_id, "FINISHED")
+    for run in search_all(client, f"{member} and attributes.status {where}") if lineages else ():
+        if run.data.tags.get(f"{TAG}lineage_id") in lineages:
+            set_lineage_status(client, run.info.run_id, status)
 
 
 def _tracking(sweep: SweepSpec, experiment_id: str, rev: str, parent_run_id: str = "") -> dict[str, str]:
@@ -216,7 +222,7 @@ def _fit_grid(sweep: SweepSpec, configs: list[dict], trainable, echo: Echo) -> t
 
 
 def _search(sweep: SweepSpec, client: MlflowClient, experiment_id: str, rev: str,
-            echo: Echo) -> tuple[tuple[str, ...], int, int]:
+            echo: Echo) -> tuple[tuple[str, ...], list[LineagePlan], int]:
     """Optuna proposes `num_samples` lineages; the sweep ends with exactly that many, however
     often its driver dies. A new driver restores the Tune experiment (the study, the scheduler
     and every trial with it) when Tune's last snapshot of it knows every lineage proposed so
@@ -229,7 +235,10 @@ def _search(sweep: SweepSpec, client: MlflowClient, experiment_id: str, rev: str
     driver keeps every trial of an experiment in memory), each a study rebuilt from the plan;
     an ASHA scheduler compares the lineages of one experiment. A point proposed twice is one
     lineage, so chunks go on until `num_samples` distinct lineages are finished, or failed in
-    this run, or a chunk adds none (a search space with fewer points)."""
+    this run, or a chunk adds none (a search space with fewer points).
+
+    Returns (lineages failed in this run, the plan read after the last experiment, how many
+    lineages were finished before this run)."""
     from ray import tune
 
     from trainables.tune_entry import lineage_trainable
@@ -247,17 +256,21 @@ def _search(sweep: SweepSpec, client: MlflowClient, experiment_id: str, rev: str
          f"{len(plans)} proposed so far, {len(finished)} done"
          + (f" ({stopped} stopped early by the scheduler)" if stopped else "") + f", {todo} to run")
     if not todo:
-        return (), len(plans), already
+        return (), plans, already
     ensure_ray()
     failed: list[str] = []
+    replan = False
     if tune.Tuner.can_restore(path) and {p.lineage_id for p in plans} <= _snapshot_lineages(path):
         echo(f"sweep {sweep.name}: resuming the Tune experiment {path}")
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
         failed += _failed(tuner.fit())
+        replan = True
     progress, number = None, 0
     while True:
-        plans = plan_sweep(sweep, client)[: search.num_samples]
-        finished = [p for p in plans if p.finished]
+        if replan:
+            plans = plan_sweep(sweep, client)[: search.num_samples]
+            finished = [p for p in plans if p.finished]
+        replan = True
         open_ = [p for p in plans if not p.finished and p.lineage_id not in failed]
         todo = search.num_samples - len(finished) - (len(plans) - len(finished) - len(open_))
         if todo <= 0 or (len(finished), len(failed)) == progress:
@@ -270,7 +283,7 @@ def _search(sweep: SweepSpec, client: MlflowClient, experiment_id: str, rev: str
     if todo > 0 and not failed:
         echo(f"sweep {sweep.name}: the last chunk added no lineage (the search space repeats its "
              f"points); {len(finished)} of {search.num_samples} lineages")
-    return tuple(failed), len(plans), already
+    return tuple(failed), plans, already
 
 
 def _fit_search(sweep: SweepSpec, trainable, plans: list[LineagePlan], finished: list[LineagePlan],

@@ -4,6 +4,7 @@ from __future__ import annotations
 from mlflow.tracking import MlflowClient
 
 from orchestrator.launch import _close_cut_off, prepare_tracking
+from orchestrator.plan import plan_sweep
 from orchestrator.specs import load_sweep
 from trainables.ids import lineage_id
 from trainables.tracking import ensure_parent_runs, set_lineage_status
@@ -18,6 +19,6 @@ def test_running_parent_runs_of_unfinished_lineages_become_killed(tmp_path):
     running, waiting, failed = (lineage_id(spec) for spec in sweep.lineages)
     set_lineage_status(client, parents[running], "RUNNING")  # its trial was stopped mid-level
     set_lineage_status(client, parents[failed], "RUNNING")  # its trial failed; Tune reported it
-    assert _close_cut_off(client, sweep, (failed,)) == 2  # `waiting` never started: still to run
+    assert _close_cut_off(client, sweep, plan_sweep(sweep, client), (failed,)) == 2  # `waiting` never started: still to run
     status = {lid: MlflowClient(sweep.resolved_tracking_uri).get_run(run).info.status for lid, run in parents.items()}
     assert status == {running: "KILLED", waiting: "SCHEDULED", failed: "RUNNING"}
