@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis.tables import upsert
 from trainables.checkpoints import LEVEL_METRICS, level_dir, lineage_dir
-from trainables.tracking import KIND_LEVEL, KIND_LINEAGE, TAG, search_all, tag_filter
+from trainables.tracking import KIND_LEVEL, TAG, search_all, sweep_members, tag_filter
 
 CATALOG_COLUMNS = {
     "checkpoint_id": pl.String, "lineage_id": pl.String, "config_id": pl.String, "level": pl.Int32,
@@ -24,7 +24,7 @@ CATALOG_COLUMNS = {
 
 def sweep_lineage_runs(client: MlflowClient, sweep: str) -> list:
     """Parent runs of the lineages that are members of `sweep`."""
-    return search_all(client, f"{tag_filter(kind=KIND_LINEAGE)} and tags.`{TAG}sweep.{sweep}` = '1'")
+    return search_all(client, sweep_members(sweep))
 
 
 def build_catalog(sweep: str, *, tracking_uri: str, workdir: str | os.PathLike) -> pl.DataFrame:

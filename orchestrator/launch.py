@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.plan import LineagePlan, plan_sweep
 from orchestrator.specs import SweepSpec
 from trainables.tracking import (
-    KIND_LINEAGE, TAG, TrackingRef, ensure_experiment, ensure_parent_runs, search_all, set_lineage_status, tag_filter,
+    TAG, TrackingRef, ensure_experiment, ensure_parent_runs, search_all, set_lineage_status, sweep_members,
 )
 
 Echo = Callable[[str], None]
@@ -120,8 +120,7 @@ def _set_parent_status(client: MlflowClient, sweep: SweepSpec, lineages: set[str
                        where: str) -> None:
     """Set `status` on the parent runs of `lineages` (members of `sweep`) whose current status
     satisfies `where` (an MLflow filter clause on it); one search for them all."""
-    member = f"{tag_filter(kind=KIND_LINEAGE)} and tags.`{TAG}sweep.{sweep.name}` = '1'"
-    for run in search_all(client, f"{member} and attributes.status {where}") if lineages else ():
+    for run in search_all(client, f"{sweep_members(sweep.name)} and attributes.status {where}") if lineages else ():
         if run.data.tags.get(f"{TAG}lineage_id") in lineages:
             set_lineage_status(client, run.info.run_id, status)
 

@@ -18,7 +18,7 @@ from trainables.checkpoints import complete_levels, lineage_dir
 from trainables.ids import lineage_id
 from trainables.lineage import final_level
 from trainables.specs import LineageSpec, with_overrides
-from trainables.tracking import KIND_LEVEL, KIND_LINEAGE, TAG, search_all, stopped_tag, tag_filter
+from trainables.tracking import KIND_LEVEL, TAG, search_all, stopped_tag, sweep_members, tag_filter
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def _searched_lineages(sweep: SweepSpec, client: MlflowClient | None
     level)."""
     if client is None:
         return [], {}
-    runs = search_all(client, f"{tag_filter(kind=KIND_LINEAGE)} and tags.`{TAG}sweep.{sweep.name}` = '1'")
+    runs = search_all(client, sweep_members(sweep.name))
     specs, stops = [], {}
     for run in sorted(runs, key=lambda r: r.info.start_time or 0):
         lid = run.data.tags[f"{TAG}lineage_id"]

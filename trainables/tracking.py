@@ -39,6 +39,21 @@ def tag_filter(**tags: str) -> str:
     return " and ".join(f"tags.`{TAG}{k}` = '{v}'" for k, v in tags.items())
 
 
+def sweep_tag(sweep: str) -> str:
+    """Tag that makes a lineage's parent run a member of `sweep` (value "1")."""
+    return f"{TAG}sweep.{sweep}"
+
+
+def sweep_members(sweep: str) -> str:
+    """MLflow filter string for the parent runs of `sweep`'s lineages."""
+    return f"{tag_filter(kind=KIND_LINEAGE)} and tags.`{sweep_tag(sweep)}` = '1'"
+
+
+def earliest(runs: list) -> Any:
+    """The run that started first: the one that counts when an old bug made two."""
+    return min(runs, key=lambda r: r.info.start_time or 0)
+
+
 def all_experiment_ids(client: MlflowClient) -> list[str]:
     return [e.experiment_id for e in client.search_experiments()]
 
@@ -120,15 +135,15 @@ def _ensure_parent(client: MlflowClient, experiment_id: str, spec: LineageSpec, 
                    sweep: str, code_rev: str) -> str:
     """The earliest of the lineage's `found` parent runs, or a new one; tagged as a member of
     `sweep`."""
-    sweep_tag = f"{TAG}sweep.{sweep}"
+    member = sweep_tag(sweep)
     if found:
-        run = min(found, key=lambda r: r.info.start_time or 0)
-        if run.data.tags.get(sweep_tag) != "1":
-            client.set_tag(run.info.run_id, sweep_tag, "1")
+        run = earliest(found)
+        if run.data.tags.get(member) != "1":
+            client.set_tag(run.info.run_id, member, "1")
         return run.info.run_id
     lid = lineage_id(spec)
     run_id = client.create_run(experiment_id, run_name=lid,
-                               tags={**lineage_tags(spec, code_rev), sweep_tag: "1"}).info.run_id
+                               tags={**lineage_tags(spec, code_rev), member: "1"}).info.run_id
     # Params are the flattened identity spec (defaults included, so the UI shows them all).
     full = {k: v for k, v in spec.model_dump(mode="json").items() if k not in RUNTIME_FIELDS}
     params = [Param(k, v[:6000]) for k, v in sorted(flatten(full).items())]
@@ -192,7 +207,7 @@ def mark_stopped(client: MlflowClient, lineage: str, *, sweep: str, level: int) 
     runs = search_all(client, tag_filter(kind=KIND_LINEAGE, lineage_id=lineage))
     if not runs:
         return None
-    run_id = min(runs, key=lambda r: r.info.start_time or 0).info.run_id
+    run_id = earliest(runs).info.run_id
     client.set_tag(run_id, stopped_tag(sweep), str(level))
     set_lineage_status(client, run_id, "FINISHED")
     return run_id
