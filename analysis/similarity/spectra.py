@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,15 @@ def _on_numpy(blocks: torch.Tensor) -> bool:
             and cpu_backend() == "numpy")
 
 
+@contextmanager
+def _torch_errors():
+    """numpy's "did not converge" as torch.linalg.LinAlgError, what the kernels catch."""
+    try:
+        yield
+    except np.linalg.LinAlgError as error:
+        raise torch.linalg.LinAlgError(str(error)) from error
+
+
 def _gram(blocks: torch.Tensor, left: bool) -> torch.Tensor:
     """B B^T (left) or B^T B, [B, a, a] or [B, b, b]."""
     if _on_numpy(blocks):
@@ -72,13 +82,11 @@ def _eigh(gram: torch.Tensor, vectors: bool
     """Eigenvalues ascending (and eigenvectors) of a batch of symmetric matrices; a solver
     that fails to converge raises torch.linalg.LinAlgError on either backend."""
     if _on_numpy(gram):
-        try:
+        with _torch_errors():
             if vectors:
                 values, vecs = np.linalg.eigh(gram.numpy())
                 return torch.from_numpy(values), torch.from_numpy(vecs)
             return torch.from_numpy(np.linalg.eigvalsh(gram.numpy())), None
-        except np.linalg.LinAlgError as error:
-            raise torch.linalg.LinAlgError(str(error)) from error
     if vectors:
         return torch.linalg.eigh(gram)
     return torch.linalg.eigvalsh(gram), None
@@ -89,10 +97,8 @@ def thin_svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     is faster than MKL's for wide matrices (1000 x 2048: 740 against 1000 ms, one thread) and
     slower for tall ones (16000 x 64: 36 against 23 ms), so only wide ones go to numpy."""
     if matrix.shape[-1] > matrix.shape[-2] and _on_numpy(matrix):
-        try:
+        with _torch_errors():
             u, s, vh = np.linalg.svd(matrix.numpy(), full_matrices=False)
-        except np.linalg.LinAlgError as error:
-            raise torch.linalg.LinAlgError(str(error)) from error
         return torch.from_numpy(u), torch.from_numpy(s), torch.from_numpy(vh)
     return torch.linalg.svd(matrix, full_matrices=False)
 
