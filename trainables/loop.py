@@ -15,6 +15,7 @@ from torch import nn
 
 from trainables.fastmask import MaskApplier
 from trainables.masks import Masks
+from trainables.optim import SGD
 from trainables.specs import TrainSpec
 
 
@@ -22,7 +23,7 @@ def make_optimizer(model: nn.Module, train: TrainSpec, lr: float | None = None) 
     lr = train.lr if lr is None else lr
     if train.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=train.weight_decay)
-    return torch.optim.SGD(
+    return SGD(
         model.parameters(),
         lr=lr,
         momentum=train.momentum,

@@ -8,8 +8,8 @@ and buffers become views of its slice of the stacked tensors, so the engine's pe
 state directly and nothing needs copying back and forth.
 
 `StackedOptimizer` repeats, op for op, the CPU (single-tensor) arithmetic of `torch.optim.SGD`
-and `torch.optim.Adam` as `trainables.loop.make_optimizer` configures them, on the stacked
-tensors, then zeroes pruned weights and their buffers (`train_epoch` zeroes the pruned gradients
+(in place, as `trainables.optim.SGD` does) and `torch.optim.Adam` as
+`trainables.loop.make_optimizer` configures them, on the stacked tensors, then zeroes pruned weights and their buffers (`train_epoch` zeroes the pruned gradients
 before the step instead; both leave every value the same, see `trainables.fastmask`). Elementwise ops on a
 stack give each slice what they give it alone; only the batched matrix products round
 differently from one-at-a-time products (about 1e-7 relative per step on CPU).
@@ -157,16 +157,16 @@ class StackedOptimizer:
 
     def _sgd(self, name: str, p: Tensor, lrs: Sequence[float]) -> None:
         g = self.group
-        grad = p.grad
+        grad = p.grad  # consumed in place, as trainables.optim.SGD does
         if g["weight_decay"] != 0:
-            grad = grad.add(p, alpha=g["weight_decay"])
+            grad.add_(p, alpha=g["weight_decay"])
         if g["momentum"] != 0:
             buf = self.buffers["momentum_buffer"][name]
             if buf is None:
                 buf = self.buffers["momentum_buffer"][name] = grad.detach().clone()
             else:
                 buf.mul_(g["momentum"]).add_(grad, alpha=1 - g["dampening"])
-            grad = grad.add(buf, alpha=g["momentum"]) if g["nesterov"] else buf
+            grad = grad.add_(buf, alpha=g["momentum"]) if g["nesterov"] else buf
         for sl, lr in _slices(lrs):
             p[sl].add_(grad[sl], alpha=-lr)
 
