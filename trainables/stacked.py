@@ -9,8 +9,9 @@ state directly and nothing needs copying back and forth.
 
 `StackedOptimizer` repeats, op for op, the CPU (single-tensor) arithmetic of `torch.optim.SGD`
 (in place, as `trainables.optim.SGD` does) and `torch.optim.Adam` as
-`trainables.loop.make_optimizer` configures them, on the stacked tensors, then zeroes pruned weights and their buffers (`train_epoch` zeroes the pruned gradients
-before the step instead; both leave every value the same, see `trainables.fastmask`). Elementwise ops on a
+`trainables.loop.make_optimizer` configures them, on the stacked tensors, with the pruned
+gradients zeroed before the step as `train_epoch` does (pruned weights and buffers are zeroed
+once when masks are set or change, and stay zero; see `trainables.fastmask`). Elementwise ops on a
 stack give each slice what they give it alone; only the batched matrix products round
 differently from one-at-a-time products (about 1e-7 relative per step on CPU).
 """
@@ -116,17 +117,24 @@ class StackedOptimizer:
 
     # -- masks --------------------------------------------------------------------------------
     def set_masks(self, masks: Sequence[Masks]) -> None:
-        """Per lineage its masks (the same names for all); pruned entries are zeroed after each step."""
+        """Per lineage its masks (the same names for all). Pruned weights and their buffers are zeroed
+        here; each step then zeroes their gradients, which keeps them zero (see `trainables.fastmask`)."""
         names = list(masks[0])
         self.factors = {n: torch.stack([m[n] for m in masks]).to(self.params[n].dtype) for n in names}
         self._sources = [tuple(m.values()) for m in masks]
+        self.apply_masks()
 
     def sync_masks(self, k: int, masks: Masks) -> None:
         """Pick up lineage k's masks after a change in place of its dict (the gradual schedule)."""
         if any(a is not b for a, b in zip(masks.values(), self._sources[k])):
             with torch.no_grad():
                 for name, mask in masks.items():
-                    self.factors[name][k].copy_(mask)
+                    factor = self.factors[name][k]
+                    factor.copy_(mask)
+                    self.params[name][k].mul_(factor)  # newly pruned weights and their buffers
+                    for buffers in self.buffers.values():
+                        if buffers[name] is not None:
+                            buffers[name][k].mul_(factor)
             self._sources[k] = tuple(masks.values())
 
     @torch.no_grad()
@@ -141,7 +149,7 @@ class StackedOptimizer:
     # -- step ---------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, lrs: Sequence[float]) -> None:
-        """One optimizer step of every lineage, lineage k at learning rate lrs[k], then masks."""
+        """One masked optimizer step of every lineage, lineage k at learning rate lrs[k]."""
         if len(lrs) != self.n:
             raise ValueError(f"lrs has {len(lrs)} entries; the stack has {self.n} lineages")
         if self.kind == "adam":
@@ -149,11 +157,13 @@ class StackedOptimizer:
         for name, p in self.params.items():
             if p.grad is None:
                 continue
+            factor = self.factors.get(name)
+            if factor is not None:
+                p.grad.mul_(factor)  # pruned weights and buffers are zero and stay so
             if self.kind == "sgd":
                 self._sgd(name, p, lrs)
             else:
                 self._adam(name, p, lrs)
-        self.apply_masks()
 
     def _sgd(self, name: str, p: Tensor, lrs: Sequence[float]) -> None:
         g = self.group
