@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from trainables.masks import apply_masks, dense_masks, mask_digest, prunable_names, sparsity_report
-from trainables.pruning import cubic_sparsity, magnitude_masks, random_masks_like
+from trainables.pruning import cubic_sparsity, largest_first_by_position, magnitude_masks, random_masks_like
 from trainables.specs import PruneSpec
 
 
@@ -92,3 +92,29 @@ def test_cubic_schedule_endpoints_and_monotone():
     assert values[0] == 0.0 and values[10] == 0.0
     assert values[110] == pytest.approx(0.8) and values[-1] == pytest.approx(0.8)
     assert all(b >= a for a, b in zip(values, values[1:]))
+
+
+def _stable_sort_keep(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
+    """The textbook rule: the first n_keep of a stable descending sort."""
+    keep = torch.zeros(scores.numel(), dtype=torch.bool)
+    keep[torch.sort(scores.double(), descending=True, stable=True).indices[:n_keep]] = True
+    return keep
+
+
+@pytest.mark.parametrize("levels", [None, 7, 2], ids=["continuous", "7_values", "2_values"])
+def test_selection_equals_the_stable_sort_including_ties(levels):
+    gen = torch.Generator().manual_seed(3)
+    for n in (1, 2, 17, 1000):
+        scores = torch.randn(n, generator=gen).abs()
+        if levels is not None:  # many exact ties, so the positional tie-break decides
+            scores = torch.randint(0, levels, (n,), generator=gen).float()
+        for n_keep in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+            got = largest_first_by_position(scores, n_keep)
+            assert int(got.sum()) == n_keep
+            assert torch.equal(got, _stable_sort_keep(scores, n_keep)), (n, n_keep)
+
+
+def test_selection_with_nan_scores_follows_the_sort():
+    scores = torch.tensor([0.5, float("nan"), 0.1, 0.5, 2.0])
+    for n_keep in range(6):
+        assert torch.equal(largest_first_by_position(scores, n_keep), _stable_sort_keep(scores, n_keep))
