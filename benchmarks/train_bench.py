@@ -17,9 +17,10 @@ weights and the same count as impsweep's), `torch.optim.SGD` with momentum, fp32
 Data is synthetic and seeded (MNIST-shaped 1x28x28, CIFAR-shaped 3x32x32); nothing is
 downloaded. One timed repeat is a whole number of epochs; every configuration is warmed up
 first, repeats of the configurations are interleaved (so that a change in machine load hits all
-of them alike), and the median repeat is reported. Reported per model: model-images/s of
-impsweep's loop and of the baseline and their ratio, and the masked-step over dense-step time
-of impsweep's loop (the dense step: the same loop with no masks, i.e. the masking overhead).
+of them alike), and the median repeat is reported, with the median of the per-repeat (paired)
+ratios beside it. Reported per model: model-images/s of impsweep's loop and of the baseline and
+their ratio, and the masked-step over dense-step time of impsweep's loop (the dense step: the
+same loop with no masks, i.e. the masking overhead).
 
 Writes benchmarks/results/train-<device>.json and prints a table.
 
@@ -274,6 +275,10 @@ def bench_model(name: str, *, device: torch.device, steps: int, repeats: int, wa
     imp_ips, base_ips = images / med["impsweep_masked"], images / med["baseline_masked"]
     masked_s, dense_s = med["impsweep_masked"] / n_steps, med["impsweep_dense"] / n_steps
     target = SPEEDUP_TARGETS.get(device.type, {}).get(name)
+    # Medians of the per-repeat ratios: each pair was timed back to back, so a drift of the
+    # machine's speed during the run (seen here at +-30%) cancels within a pair.
+    paired_ratio = statistics.median(b / m for m, b in zip(times["impsweep_masked"], times["baseline_masked"]))
+    paired_masked = statistics.median(m / d for m, d in zip(times["impsweep_masked"], times["impsweep_dense"]))
     return {
         "input_shape": list(CASES[name].input_shape),
         "augment": CASES[name].augment,
@@ -290,6 +295,8 @@ def bench_model(name: str, *, device: torch.device, steps: int, repeats: int, wa
         "masked_step_s": masked_s,
         "dense_step_s": dense_s,
         "masked_over_dense": masked_s / dense_s,
+        "ratio_paired_median": paired_ratio,
+        "masked_over_dense_paired_median": paired_masked,
         "baseline_step_s": med["baseline_masked"] / n_steps,
         "repeat_seconds": times,
         "targets": {
@@ -312,7 +319,7 @@ def _masks_equal(runs) -> bool:
 
 def table(results: dict) -> str:
     head = (f"{'model':<14} {'B':>4} {'steps':>5} {'impsweep img/s':>15} {'baseline img/s':>15} {'ratio':>6} "
-            f"{'target':>6} {'masked/dense':>12} {'<=1.10':>6}")
+            f"{'target':>6} {'masked/dense':>12} {'<=1.10':>6} {'paired ratio':>12} {'paired m/d':>10}")
     lines = [head, "-" * len(head)]
     for name, r in results["models"].items():
         t = r["targets"]
@@ -320,7 +327,8 @@ def table(results: dict) -> str:
         lines.append(
             f"{name:<14} {r['batch_size']:>4} {r['steps']:>5} {r['impsweep_images_per_s']:>15.0f} "
             f"{r['baseline_images_per_s']:>15.0f} {r['ratio']:>5.2f}x {target:>6} {r['masked_over_dense']:>12.3f} "
-            f"{'yes' if t['masked_over_dense_met'] else 'NO':>6}"
+            f"{'yes' if t['masked_over_dense_met'] else 'NO':>6} {r['ratio_paired_median']:>11.2f}x "
+            f"{r['masked_over_dense_paired_median']:>10.3f}"
         )
     return "\n".join(lines)
 
