@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from mlflow.tracking import MlflowClient
 
-from orchestrator.launch import _close_cut_off, prepare_tracking
+from orchestrator.launch import _close_cut_off, _trial_configs, fuse_note, prepare_tracking
 from orchestrator.plan import plan_sweep
 from orchestrator.specs import load_sweep
 from trainables.ids import lineage_id
@@ -22,3 +22,23 @@ def test_running_parent_runs_of_unfinished_lineages_become_killed(tmp_path):
     assert _close_cut_off(client, sweep, plan_sweep(sweep, client), (failed,)) == 2  # `waiting` never started: still to run
     status = {lid: MlflowClient(sweep.resolved_tracking_uri).get_run(run).info.status for lid, run in parents.items()}
     assert status == {running: "KILLED", waiting: "SCHEDULED", failed: "RUNNING"}
+
+
+def _fused_sweep(tmp_path, fuse: int, gpu: float):
+    return load_sweep({"name": "fz", "workdir": str(tmp_path / "w"), "grid": {"seed": [0, 1, 2, 3]},
+                       "model": "lenet_300_100", "dataset": "digits", "train": {"epochs": 1},
+                       "prune": {"levels": 1}, "fuse": fuse, "resources": {"cpu": 1, "gpu": gpu}})
+
+
+def test_fusing_on_cpu_only_trials_gets_a_note(tmp_path):
+    sweep = _fused_sweep(tmp_path, fuse=2, gpu=0)
+    plans = plan_sweep(sweep, None)
+    configs = _trial_configs(plans, str(tmp_path / "w"), {p.lineage_id: {} for p in plans})
+    assert [len(c["bundle"]) for c in configs] == [2, 2]
+    note = fuse_note(sweep, configs)
+    assert note is not None and "4 lineages fused into 2 trials on CPU only" in note and "fuse: 1" in note
+    assert fuse_note(_fused_sweep(tmp_path, fuse=2, gpu=1), configs) is None  # fusing on GPUs is the point
+    unfused = _fused_sweep(tmp_path, fuse=1, gpu=0)
+    plans = plan_sweep(unfused, None)
+    singles = _trial_configs(plans, str(tmp_path / "w"), {p.lineage_id: {} for p in plans})
+    assert len(singles) == 4 and fuse_note(unfused, singles) is None
