@@ -125,26 +125,25 @@ class StackedOptimizer:
         self.apply_masks()
 
     def sync_masks(self, k: int, masks: Masks) -> None:
-        """Pick up lineage k's masks after a change in place of its dict (the gradual schedule)."""
+        """Pick up lineage k's masks after a change in place of its dict (the gradual schedule),
+        zeroing its newly pruned weights and their buffers."""
         if any(a is not b for a, b in zip(masks.values(), self._sources[k])):
             with torch.no_grad():
                 for name, mask in masks.items():
-                    factor = self.factors[name][k]
-                    factor.copy_(mask)
-                    self.params[name][k].mul_(factor)  # newly pruned weights and their buffers
-                    for buffers in self.buffers.values():
-                        if buffers[name] is not None:
-                            buffers[name][k].mul_(factor)
+                    self.factors[name][k].copy_(mask)
+            self.apply_masks(k)
             self._sources[k] = tuple(masks.values())
 
     @torch.no_grad()
-    def apply_masks(self) -> None:
-        """`apply_masks` + `zero_pruned_state` of every lineage: multiply by 1.0 or 0.0, exact."""
+    def apply_masks(self, k: int | None = None) -> None:
+        """`apply_masks` + `zero_pruned_state` of every lineage (or of lineage `k` only):
+        multiply by 1.0 or 0.0, exact."""
+        at = slice(None) if k is None else k
         for name, factor in self.factors.items():
-            self.params[name].mul_(factor)
+            self.params[name][at].mul_(factor[at])
             for buffers in self.buffers.values():
                 if buffers[name] is not None:
-                    buffers[name].mul_(factor)
+                    buffers[name][at].mul_(factor[at])
 
     # -- step ---------------------------------------------------------------------------------
     @torch.no_grad()
