@@ -29,27 +29,25 @@ class SGD(torch.optim.SGD):
 
     @torch.no_grad()
     def step(self, closure=None):
-        if not self._in_place_ok():
-            return super().step(closure)
         loss = None
-        if closure is not None:
+        if closure is not None:  # first, as torch does: it computes the gradients
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+        groups = [(group, [p for p in group["params"] if p.grad is not None]) for group in self.param_groups]
+        if not all(self._plain(group, params) for group, params in groups):
+            super().step()
+            return loss
+        for group, params in groups:
             if params:
                 self._update(group, params, [p.grad for p in params])
         return loss
 
-    def _in_place_ok(self) -> bool:
-        """Whether every group is plain SGD arithmetic on dense gradients with a float lr."""
-        for group in self.param_groups:
-            if (group["maximize"] or group["differentiable"] or group.get("fused")
-                    or torch.is_tensor(group["lr"]) or torch.is_tensor(group["weight_decay"])):
-                return False
-            if any(p.grad is not None and p.grad.is_sparse for p in group["params"]):
-                return False
-        return True
+    @staticmethod
+    def _plain(group: dict, params: list[torch.Tensor]) -> bool:
+        """Whether the group is plain SGD arithmetic: dense gradients, float hyper-parameters."""
+        return not (group["maximize"] or group["differentiable"] or group.get("fused")
+                    or torch.is_tensor(group["lr"]) or torch.is_tensor(group["weight_decay"])
+                    or any(p.grad.is_sparse for p in params))
 
     def _update(self, group: dict, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]

@@ -86,3 +86,24 @@ def test_options_with_other_arithmetic_use_torchs_step():
     _train(net_a, ours, 3)
     _train(net_b, theirs, 3)
     assert all(torch.equal(a, b) for a, b in zip(net_a.parameters(), net_b.parameters()))
+
+
+def test_a_closure_computes_the_gradients_before_the_step():
+    """As torch: the closure runs first and the step uses the gradients it leaves."""
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.randn(16, 13, generator=gen), torch.randint(0, 3, (16,), generator=gen)
+    nets, losses = [], []
+    for cls in (SGD, torch.optim.SGD):
+        net = _net(0)
+        opt = cls(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+
+        def closure(net=net, opt=opt):
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(net(x), y)
+            loss.backward()
+            return loss.detach()
+
+        losses += [opt.step(closure) for _ in range(3)]
+        nets.append(net)
+    assert all(torch.equal(a, b) for a, b in zip(nets[0].parameters(), nets[1].parameters()))
+    assert [v.item() for v in losses[:3]] == [v.item() for v in losses[3:]]
