@@ -72,6 +72,9 @@ def _batches(x: Tensor, y: Tensor, *, batch_size: int, epoch_seed: int, augment:
             yield x_epoch[start:start + batch_size], y_epoch[start:start + batch_size]
     else:
         # Gather per batch: no second copy of the whole dataset when nothing is augmented.
+        # index_select is 3-6x faster than advanced indexing on CPU (the same values), but
+        # returns the default layout, so channels_last data keeps advanced indexing.
+        gather = (lambda t, i: t.index_select(0, i)) if x.is_contiguous() else (lambda t, i: t[i])
         for start in range(0, stop, batch_size):
             chosen = order[start:start + batch_size]
-            yield x[chosen], y[chosen]
+            yield gather(x, chosen), y.index_select(0, chosen)

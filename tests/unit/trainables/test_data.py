@@ -265,6 +265,19 @@ def test_epoch_batches_deterministic_and_exhaustive(augment: bool) -> None:
                                              drop_last=True)] == [5, 5, 5, 5]
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_epoch_batches_gather_keeps_values_and_layout(channels_last: bool) -> None:
+    # Unaugmented batches are gathered with index_select where the data is contiguous; channels_last
+    # data (conv models) must stay channels_last, and either way a batch is the permuted rows.
+    x = torch.randn(30, 3, 6, 6)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.arange(30)
+    for xb, yb in epoch_batches(x, y, batch_size=7, epoch_seed=4, augment=False):
+        assert torch.equal(xb, x[yb])
+        assert xb.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
 def test_augmentation_is_a_flip_and_shift_of_the_same_image() -> None:
     x, y = _marked_images(40)
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
