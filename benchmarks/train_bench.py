@@ -55,7 +55,7 @@ from benchmarks._timing import (  # noqa: E402
     Session, add_common_arguments, check_common_arguments, contended, interleaved_repeats, loadavg, write_results,
 )
 from trainables.data import epoch_batches  # noqa: E402
-from trainables.loop import lr_at, make_optimizer, train_epoch, wants_channels_last  # noqa: E402
+from trainables.loop import _autocast, lr_at, make_optimizer, resolve_precision, train_epoch, wants_channels_last  # noqa: E402
 from trainables.masks import Masks, dense_masks, prunable_names  # noqa: E402
 from trainables.models import build_model  # noqa: E402
 from trainables.pruning import magnitude_masks, rounds_for  # noqa: E402
@@ -125,8 +125,9 @@ class ImpsweepRun:
     """A lineage's training of one level: resident data, epoch_batches, train_epoch."""
 
     def __init__(self, model: nn.Module, masks: Masks, x: torch.Tensor, y: torch.Tensor, *, augment: bool,
-                 batch_size: int, steps_per_epoch: int, device: torch.device, compile: bool, seed: int):
-        self.device = device
+                 batch_size: int, steps_per_epoch: int, device: torch.device, compile: bool, seed: int,
+                 precision: str = "auto"):
+        self.device, self.precision = device, precision
         channels_last = wants_channels_last(model, x)
         self.x, self.y = x.to(device), y.to(device)
         self.model = model.to(device)
@@ -152,7 +153,8 @@ class ImpsweepRun:
     def steps(self, n: int) -> int:
         """`n` steps from the start of an epoch (warm-up)."""
         _, taken = train_epoch(self.model, self.optimizer, islice(self._batches(), n), masks=self.masks,
-                               lr_of_step=self._lr, first_step=self.step, forward=self.forward)
+                               lr_of_step=self._lr, first_step=self.step, forward=self.forward,
+                               precision=self.precision)
         self.step += taken
         return taken
 
@@ -160,14 +162,16 @@ class ImpsweepRun:
         total = 0
         for _ in range(n):
             _, taken = train_epoch(self.model, self.optimizer, self._batches(), masks=self.masks,
-                                   lr_of_step=self._lr, first_step=self.step, forward=self.forward)
+                                   lr_of_step=self._lr, first_step=self.step, forward=self.forward,
+                                   precision=self.precision)
             self.step += taken
             total += taken
         return total
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward(x.to(self.device))
+        with _autocast(self.device, self.precision):
+            return self.forward(x.to(self.device)).float()
 
 
 # ---- the pinned plain-PyTorch baseline --------------------------------------------------------
@@ -239,27 +243,34 @@ class BaselineRun:
 # ---- timing -----------------------------------------------------------------------------------
 
 def make_runs(name: str, *, device: torch.device, batch_size: int, steps_per_epoch: int, compile: bool = False,
-              seed: int = 0) -> dict[str, ImpsweepRun | BaselineRun]:
-    """The configurations of one model, each from the same initial weights and data."""
+              seed: int = 0, precision: str = "auto", bf16_row: bool = False) -> dict[str, ImpsweepRun | BaselineRun]:
+    """The configurations of one model, each from the same initial weights and data.
+
+    precision: impsweep's loop as a lineage with that `precision` runs it (auto: bf16 on CUDA,
+    fp32 on CPU). bf16_row: also impsweep's masked loop with precision bf16 ("impsweep_bf16")."""
     case = CASES[name]
     x, y = synthetic_data(case.input_shape, batch_size * steps_per_epoch, seed)
     model = initial_model(name, case.input_shape, seed + 1)
     masks = impsweep_masks(model)
     common = dict(augment=case.augment, batch_size=batch_size, device=device, seed=seed + 2)
-    return {
+    runs = {
         "impsweep_masked": ImpsweepRun(copy.deepcopy(model), masks, x, y, steps_per_epoch=steps_per_epoch,
-                                       compile=compile, **common),
+                                       compile=compile, precision=precision, **common),
         "impsweep_dense": ImpsweepRun(copy.deepcopy(model), {}, x, y, steps_per_epoch=steps_per_epoch,
-                                      compile=compile, **common),
+                                      compile=compile, precision=precision, **common),
         "baseline_masked": BaselineRun(copy.deepcopy(model), masks, x, y, **common),
     }
+    if bf16_row:
+        runs["impsweep_bf16"] = ImpsweepRun(copy.deepcopy(model), masks, x, y, steps_per_epoch=steps_per_epoch,
+                                            compile=compile, precision="bf16", **common)
+    return runs
 
 
 def bench_model(name: str, *, device: torch.device, steps: int, repeats: int, warmup: int, batch_size: int,
-                compile: bool, seed: int = 0) -> dict:
+                compile: bool, seed: int = 0, precision: str = "auto", bf16_row: bool = False) -> dict:
     epochs, steps_per_epoch = epochs_for(steps)
     runs = make_runs(name, device=device, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
-                     compile=compile, seed=seed)
+                     compile=compile, seed=seed, precision=precision, bf16_row=bf16_row)
     masks_equal = _masks_equal(runs)
     for run in runs.values():
         run.steps(warmup)
@@ -279,7 +290,18 @@ def bench_model(name: str, *, device: torch.device, steps: int, repeats: int, wa
     # machine's speed during the run (seen here at +-30%) cancels within a pair.
     paired_ratio = statistics.median(b / m for m, b in zip(times["impsweep_masked"], times["baseline_masked"]))
     paired_masked = statistics.median(m / d for m, d in zip(times["impsweep_masked"], times["impsweep_dense"]))
+    bf16 = {}
+    if bf16_row:
+        bf16_ips = images / statistics.median(times["impsweep_bf16"])
+        bf16 = {
+            "bf16_images_per_s": bf16_ips,
+            "bf16_ratio": bf16_ips / base_ips,
+            "bf16_ratio_paired_median": statistics.median(
+                b / m for m, b in zip(times["impsweep_bf16"], times["baseline_masked"])),
+            "bf16_ratio_met": None if target is None else bf16_ips / base_ips >= target,
+        }
     return {
+        "precision": resolve_precision(precision, device),
         "input_shape": list(CASES[name].input_shape),
         "augment": CASES[name].augment,
         "sparsity": SPARSITY,
@@ -298,6 +320,7 @@ def bench_model(name: str, *, device: torch.device, steps: int, repeats: int, wa
         "ratio_paired_median": paired_ratio,
         "masked_over_dense_paired_median": paired_masked,
         "baseline_step_s": med["baseline_masked"] / n_steps,
+        **bf16,
         "repeat_seconds": times,
         "targets": {
             "ratio_min": target,
@@ -315,21 +338,39 @@ def _masks_equal(runs) -> bool:
     return ours.keys() == theirs.keys() and all(torch.equal(ours[n].cpu(), theirs[n].cpu()) for n in ours)
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), where bf16 autocast pays."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 # ---- report -----------------------------------------------------------------------------------
 
 def table(results: dict) -> str:
-    head = (f"{'model':<14} {'B':>4} {'steps':>5} {'impsweep img/s':>15} {'baseline img/s':>15} {'ratio':>6} "
-            f"{'target':>6} {'masked/dense':>12} {'<=1.10':>6} {'paired ratio':>12} {'paired m/d':>10}")
+    head = (f"{'model':<14} {'precision':<9} {'B':>4} {'steps':>5} {'impsweep img/s':>15} {'baseline img/s':>15} "
+            f"{'ratio':>6} {'target':>6} {'masked/dense':>12} {'<=1.10':>6} {'paired ratio':>12} {'paired m/d':>10}")
     lines = [head, "-" * len(head)]
+
+    def target(r: dict, met: bool | None) -> str:
+        t = r["targets"]["ratio_min"]
+        return "-" if t is None else f"{t:.1f}x" + ("" if met else "!")
+
     for name, r in results["models"].items():
         t = r["targets"]
-        target = "-" if t["ratio_min"] is None else f"{t['ratio_min']:.1f}x" + ("" if t["ratio_met"] else "!")
         lines.append(
-            f"{name:<14} {r['batch_size']:>4} {r['steps']:>5} {r['impsweep_images_per_s']:>15.0f} "
-            f"{r['baseline_images_per_s']:>15.0f} {r['ratio']:>5.2f}x {target:>6} {r['masked_over_dense']:>12.3f} "
-            f"{'yes' if t['masked_over_dense_met'] else 'NO':>6} {r['ratio_paired_median']:>11.2f}x "
-            f"{r['masked_over_dense_paired_median']:>10.3f}"
+            f"{name:<14} {r['precision']:<9} {r['batch_size']:>4} {r['steps']:>5} {r['impsweep_images_per_s']:>15.0f} "
+            f"{r['baseline_images_per_s']:>15.0f} {r['ratio']:>5.2f}x {target(r, t['ratio_met']):>6} "
+            f"{r['masked_over_dense']:>12.3f} {'yes' if t['masked_over_dense_met'] else 'NO':>6} "
+            f"{r['ratio_paired_median']:>11.2f}x {r['masked_over_dense_paired_median']:>10.3f}"
         )
+        if "bf16_ratio" in r:
+            lines.append(
+                f"{name:<14} {'bf16':<9} {r['batch_size']:>4} {r['steps']:>5} {r['bf16_images_per_s']:>15.0f} "
+                f"{r['baseline_images_per_s']:>15.0f} {r['bf16_ratio']:>5.2f}x {target(r, r['bf16_ratio_met']):>6} "
+                f"{'':>12} {'':>6} {r['bf16_ratio_paired_median']:>11.2f}x"
+            )
     return "\n".join(lines)
 
 
@@ -343,6 +384,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=TRAIN.batch_size)
     p.add_argument("--warmup", type=int, default=2, help="warm-up steps of every configuration")
     p.add_argument("--compile", action="store_true", help="torch.compile impsweep's forward (as spec.compile)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="impsweep's loop as a lineage with this precision runs it (auto: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--bf16-row", choices=("auto", "yes", "no"), default="auto",
+                   help="also time impsweep's masked loop in bf16 (auto: on a CPU with native bf16 when "
+                        "--precision resolves to fp32)")
     args = p.parse_args(argv)
     check_common_arguments(p, args, names="models", known=list(CASES))
     return args
@@ -353,6 +399,9 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     batch_size = QUICK["batch_size"] if args.quick and args.batch_size == TRAIN.batch_size else args.batch_size
     session = Session()
+    precision = resolve_precision(args.precision, device)
+    bf16_row = args.bf16_row == "yes" or (
+        args.bf16_row == "auto" and precision == "fp32" and device.type == "cpu" and native_cpu_bf16())
     models = {}
     for name in args.models:
         case = CASES[name]
@@ -363,9 +412,11 @@ def main(argv=None) -> dict:
             repeats = args.repeats or (case.cuda_repeats if device.type == "cuda" else case.cpu_repeats)
             warmup = args.warmup
         models[name] = bench_model(name, device=device, steps=steps, repeats=repeats, warmup=warmup,
-                                   batch_size=batch_size, compile=args.compile)
+                                   batch_size=batch_size, compile=args.compile, precision=args.precision,
+                                   bf16_row=bf16_row)
         row = models[name]
-        print(f"{name}: {row['ratio']:.2f}x, masked/dense {row['masked_over_dense']:.3f} "
+        bf16 = f", bf16 {row['bf16_ratio']:.2f}x" if bf16_row else ""
+        print(f"{name}: {row['ratio']:.2f}x{bf16}, masked/dense {row['masked_over_dense']:.3f} "
               f"({session.elapsed_s():.0f} s, load average {loadavg()})", flush=True)
     results = {
         "benchmark": "train",
@@ -373,7 +424,9 @@ def main(argv=None) -> dict:
         "torchvision": torchvision.__version__,
         "quick": args.quick,
         "compile": args.compile,
-        "impsweep_precision": "bf16 autocast, channels_last" if device.type == "cuda" else "fp32, channels_last for conv models",
+        "impsweep_precision": ("bf16 autocast" if precision == "bf16" else "fp32") + ", channels_last for conv models",
+        "bf16_row": bf16_row,
+        "native_cpu_bf16": native_cpu_bf16(),
         "baseline_precision": "fp32",
         "train": {"optimizer": "sgd", "lr": TRAIN.lr, "momentum": TRAIN.momentum, "weight_decay": TRAIN.weight_decay},
         "contended": contended(session.loadavg_before, torch.get_num_threads()),

@@ -187,10 +187,11 @@ def _trial_configs(todo: list[LineagePlan], workdir: str, tracking: dict[str, di
         item = {"lineage_id": plan.lineage_id, "spec": plan.spec.model_dump(mode="json"), "workdir": workdir,
                 "tracking": tracking[plan.lineage_id]}
         if plan.spec.fuse > 1 and _resumable_fused(check_mode, workdir, plan.lineage_id):
-            groups.setdefault((plan.lineage_id.rsplit("-s", 1)[0], plan.spec.fuse), []).append(item)
+            key = (plan.lineage_id.rsplit("-s", 1)[0], plan.spec.precision, plan.spec.fuse)
+            groups.setdefault(key, []).append(item)
         else:
             singles.append(item)
-    bundles = [{"bundle": items[i : i + fuse]} for (_, fuse), items in groups.items()
+    bundles = [{"bundle": items[i : i + fuse]} for (_, _, fuse), items in groups.items()
                for i in range(0, len(items), fuse)]
     return [b if len(b["bundle"]) > 1 else b["bundle"][0] for b in bundles] + singles
 

@@ -130,6 +130,7 @@ class LevelCheckpoint:
     masks: dict[str, torch.Tensor]
     metrics: dict[str, Any]
     fused: bool
+    precision: str | None = None  # "fp32" or "bf16" forward passes; None if written before it was recorded
 
 
 def complete_levels(workdir: str | os.PathLike, lineage_id: str) -> list[int]:
@@ -160,4 +161,5 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         masks=state["masks"],
         metrics=metrics,
         fused=bool(state.get("fused", False)),
+        precision=state.get("precision"),
     )

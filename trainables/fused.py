@@ -11,7 +11,8 @@ and one masked optimizer step (`trainables.stacked`). On CPU the result equals K
 same masks.
 
 A lineage resumes in the mode it started in: its level checkpoints and progress checkpoints say
-`"fused": True` here, and `run_bundle` refuses a lineage whose checkpoints say otherwise.
+`"fused": True` here, and `run_bundle` refuses a lineage whose checkpoints say otherwise (and,
+as `run_lineage` does, one whose checkpoints record another precision).
 Resuming a bundle continues each lineage from its own newest checkpoint; lineages that stopped at
 different epochs (a crash between two lineages' writes) are trained alone until they catch up.
 """
@@ -33,7 +34,7 @@ from trainables.ids import config_id, lineage_id
 from trainables.lineage import (
     PROGRESS_FILE, LevelResult, LineageResult, _Run, _seed_of, _to_device, resolve_device,
 )
-from trainables.loop import _autocast, make_optimizer
+from trainables.loop import _autocast, make_optimizer, resolve_precision
 from trainables.masks import Masks
 from trainables.schedules import LevelPlan, level_plans
 from trainables.specs import RUNTIME_FIELDS, LineageSpec
@@ -69,7 +70,7 @@ def run_bundle(
             locks.enter_context(ckpt.exclusive_lock(ckpt.lineage_dir(workdir, lid) / ".lock"))
         for lid in ids:
             ckpt.remove_temporaries(ckpt.lineage_dir(workdir, lid))  # half-written files of a killed run
-            check_mode(workdir, lid, fused=True)
+            check_mode(workdir, lid, fused=True, precision=resolve_precision(specs[0].precision, device))
         runs = _make_runs(specs, workdir, device)
         bundle = _Bundle(runs, device, on_epoch)
         levels: list[list[LevelResult]] = [[] for _ in runs]
@@ -104,37 +105,60 @@ def check_bundle(specs: Sequence[LineageSpec]) -> None:
         for key in sorted(set(base) | set(own)):
             if base.get(key) != own.get(key):
                 errors.append(f"specs[{i}].{key}={own.get(key)!r} differs from specs[0].{key}={base.get(key)!r}")
+        if spec.precision != specs[0].precision:
+            errors.append(f"specs[{i}].precision={spec.precision!r} differs from specs[0].precision="
+                          f"{specs[0].precision!r}")
     if errors:
-        raise ValueError("lineages of a bundle must share everything but seed (one config_id): "
+        raise ValueError("lineages of a bundle must share everything but seed (one config_id) and precision: "
                          + "; ".join(errors))
+
+
+def _recorded(workdir: str | os.PathLike, lineage: str) -> dict[Path, dict[str, Any]]:
+    """What each checkpoint of `lineage` (levels and the progress checkpoint) records of how it
+    was trained: `fused` (a progress checkpoint without the key was written unfused, before
+    progress checkpoints recorded it) and `precision` ("fp32"/"bf16"; None where a checkpoint
+    predates the record)."""
+    paths = [ckpt.level_dir(workdir, lineage, level) / ckpt.LEVEL_STATE
+             for level in ckpt.complete_levels(workdir, lineage)]
+    progress = ckpt.lineage_dir(workdir, lineage) / PROGRESS_FILE
+    if progress.exists():
+        paths.append(progress)
+    out = {}
+    for path in paths:
+        state = ckpt.load_torch(path)
+        out[path] = {"fused": bool(state.get("fused", False)), "precision": state.get("precision")}
+    return out
+
+
+def _agreed(recorded: dict[Path, dict[str, Any]], key: str, lineage: str) -> Any:
+    """The one value of `key` that `lineage`'s checkpoints record (None: no checkpoint or no record)."""
+    values = {path: rec[key] for path, rec in recorded.items() if rec[key] is not None}
+    if len(set(values.values())) > 1:
+        raise ValueError(f"lineage {lineage} has checkpoints of different {key}: "
+                         + ", ".join(f"{path} {key}: {value}" for path, value in values.items()))
+    return next(iter(values.values()), None)
 
 
 def trained_mode(workdir: str | os.PathLike, lineage: str) -> bool | None:
     """Whether lineage `lineage` was trained fused (True), unfused (False), or not at all (None).
-
-    Level and progress checkpoints record `fused`; a progress checkpoint without the key was
-    written unfused (before progress checkpoints recorded it). Raises ValueError if its checkpoints disagree."""
-    modes = {}
-    for level in ckpt.complete_levels(workdir, lineage):
-        path = ckpt.level_dir(workdir, lineage, level) / ckpt.LEVEL_STATE
-        modes[path] = bool(ckpt.load_torch(path).get("fused", False))
-    progress = ckpt.lineage_dir(workdir, lineage) / PROGRESS_FILE
-    if progress.exists():
-        modes[progress] = bool(ckpt.load_torch(progress).get("fused", False))
-    if len(set(modes.values())) > 1:
-        raise ValueError(f"lineage {lineage} has checkpoints of both modes: "
-                         + ", ".join(f"{path} fused: {fused}" for path, fused in modes.items()))
-    return next(iter(modes.values()), None)
+    Raises ValueError if its checkpoints disagree."""
+    return _agreed(_recorded(workdir, lineage), "fused", lineage)
 
 
-def check_mode(workdir: str | os.PathLike, lineage: str, *, fused: bool) -> None:
-    """Raise ValueError if lineage `lineage` has checkpoints trained in the other mode; a lineage
-    with no checkpoint yet may start in either."""
-    mode = trained_mode(workdir, lineage)
+def check_mode(workdir: str | os.PathLike, lineage: str, *, fused: bool, precision: str | None = None) -> None:
+    """Raise ValueError if lineage `lineage` has checkpoints trained in the other mode, or (given
+    the resolved `precision`) in another precision; a lineage with no checkpoint yet may start in
+    either."""
+    recorded = _recorded(workdir, lineage)
+    mode = _agreed(recorded, "fused", lineage)
     if mode is not None and mode != fused:
         want, was = ("fused", "unfused") if fused else ("unfused", "fused")
         raise ValueError(f"lineage {lineage} was trained {was} and cannot be resumed {want}: "
                          f"a lineage resumes in the mode it started in")
+    was = _agreed(recorded, "precision", lineage)
+    if precision is not None and was is not None and was != precision:
+        raise ValueError(f"lineage {lineage} was trained with precision {was!r} and cannot be resumed with "
+                         f"{precision!r}: a lineage resumes in the precision it started in (set precision: {was})")
 
 
 def _identity_fields(spec: LineageSpec) -> dict[str, Any]:
@@ -245,7 +269,7 @@ class _Bundle:
             lrs = [run.lr_of_step(plan, step) for run in runs]
             x = torch.stack([b[0] for b in batches])
             y = torch.stack([b[1] for b in batches])
-            with _autocast(self.device):
+            with _autocast(self.device, runs[0].precision):
                 losses = stack.losses(x, y)
             stack.zero_grad()
             losses.sum().backward()  # lineage k's loss depends on its own slice only

@@ -20,7 +20,7 @@ from torch import nn
 from trainables import checkpoints as ckpt
 from trainables.data import epoch_batches, load_dataset
 from trainables.ids import canonical, checkpoint_id, config_id, digest, identity, lineage_id
-from trainables.loop import evaluate, lr_at, make_optimizer, train_epoch, wants_channels_last
+from trainables.loop import evaluate, lr_at, make_optimizer, resolve_precision, train_epoch, wants_channels_last
 from trainables.masks import LayerSparsity, Masks, apply_masks, dense_masks, prunable_names, sparsity_report
 from trainables.models import build_model
 from trainables.schedules import LevelPlan, level_plans, level_masks
@@ -37,6 +37,7 @@ class LevelResult:
     metrics: dict[str, float]  # sparsity, sparsity_all, test_acc, test_loss, train_loss, epochs, wall_s
     layers: tuple[LayerSparsity, ...]
     resumed: bool  # read back from disk rather than trained by this call
+    precision: str | None = None  # "fp32" or "bf16" forward passes; None for levels written before it was recorded
 
 
 @dataclass(frozen=True)
@@ -146,8 +147,9 @@ def run_lineage(
     root = ckpt.lineage_dir(workdir, lineage_id(spec))
     with ckpt.exclusive_lock(root / ".lock"):
         ckpt.remove_temporaries(root)  # half-written files of a killed run
-        check_mode(workdir, lineage_id(spec), fused=False)
-        run = _Run(spec, Path(workdir), resolve_device(device), on_epoch)
+        device = resolve_device(device)
+        check_mode(workdir, lineage_id(spec), fused=False, precision=resolve_precision(spec.precision, device))
+        run = _Run(spec, Path(workdir), device, on_epoch)
         results = []
         for plan in level_plans(spec, run.steps_per_epoch):
             result = run.level(plan)
@@ -167,6 +169,7 @@ class _Run:
     def __init__(self, spec: LineageSpec, workdir: Path, device: torch.device, on_epoch, *, fused: bool = False):
         self.spec, self.workdir, self.device, self.on_epoch = spec, workdir, device, on_epoch
         self.fused = fused
+        self.precision = resolve_precision(spec.precision, device)
         self.lineage_id = lineage_id(spec)
         self.root = ckpt.lineage_dir(workdir, self.lineage_id)
         _check_spec(self.root, spec)
@@ -315,7 +318,7 @@ class _Run:
                 batches = _to_device(batches, self.device, self.channels_last)
             loss, n = train_epoch(
                 self.model, optimizer, batches, masks=masks, lr_of_step=lambda s: self.lr_of_step(plan, s),
-                first_step=step, on_step=on_step, forward=self.forward,
+                first_step=step, on_step=on_step, forward=self.forward, precision=self.precision,
             )
             epoch, step, wall = epoch + 1, step + n, wall + time.perf_counter() - t0
             losses.append(loss)
@@ -334,13 +337,15 @@ class _Run:
         ckpt.save_torch(self.root / PROGRESS_FILE, {
             "level": plan.level, "epoch": epoch, "step": step, "train_losses": losses, "wall_s": wall,
             "model": self._model_state(), "masks": masks, "optimizer": optimizer, "fused": self.fused,
+            "precision": self.precision,
         })
         return True
 
     def _finish_level(self, plan: LevelPlan, masks: Masks, optimizer: dict, *, step: int, losses: list[float],
                       wall: float) -> LevelResult:
         """Evaluate the trained level and write its checkpoint (`optimizer`: the state dict)."""
-        test_loss, test_acc = evaluate(self.forward, self.x_test, self.y_test, device=self.device)
+        test_loss, test_acc = evaluate(self.forward, self.x_test, self.y_test, device=self.device,
+                                       precision=self.precision)
         report = sparsity_report(self.model, masks)
         metrics = {
             "sparsity": report.sparsity, "sparsity_all": report.sparsity_all, "test_acc": test_acc,
@@ -353,9 +358,10 @@ class _Run:
             torch.save({
                 "model": self._model_state(), "masks": masks, "optimizer": optimizer,
                 "progress": {"level": plan.level, "epoch": plan.epochs, "step": step},
-                "fused": self.fused, "rng": torch.get_rng_state(),
+                "fused": self.fused, "precision": self.precision, "rng": torch.get_rng_state(),
             }, tmp / ckpt.LEVEL_STATE)
-            ckpt.atomic_write_json(tmp / ckpt.LEVEL_METRICS, {"metrics": metrics, "layers": layers})
+            ckpt.atomic_write_json(tmp / ckpt.LEVEL_METRICS,
+                                   {"metrics": metrics, "layers": layers, "precision": self.precision})
             ckpt.atomic_write_json(tmp / "spec.json", json.loads((self.root / "spec.json").read_text()))
 
         path = ckpt.level_dir(self.workdir, self.lineage_id, plan.level)
@@ -363,7 +369,7 @@ class _Run:
         self.done.add(plan.level)
         return LevelResult(
             self.lineage_id, plan.level, checkpoint_id(self.lineage_id, plan.level), path, metrics,
-            report.layers, resumed=False,
+            report.layers, resumed=False, precision=self.precision,
         )
 
     def _read_back(self, level: int) -> LevelResult:
@@ -372,6 +378,6 @@ class _Run:
         layers = tuple(LayerSparsity(d["layer"], d["n_params"], d["n_zero"]) for d in stored["layers"])
         return LevelResult(
             self.lineage_id, level, checkpoint_id(self.lineage_id, level), path, stored["metrics"], layers,
-            resumed=True,
+            resumed=True, precision=stored.get("precision"),
         )
 

@@ -11,7 +11,7 @@ SCHEMA_VERSION = 1
 
 # Fields of LineageSpec that say where and how fast, never what: they never enter ids.
 RUNTIME_FIELDS = frozenset(
-    {"data_root", "download", "device", "compile", "fuse", "num_workers", "checkpoint_every_epochs",
+    {"data_root", "download", "device", "compile", "precision", "fuse", "num_workers", "checkpoint_every_epochs",
      "max_device_data_gb", "report_every_s"}
 )
 
@@ -150,6 +150,10 @@ class LineageSpec(_Spec):
     download: bool = Field(False, description="Download torchvision datasets if missing.")
     device: str = Field("cpu", description="Training device: cpu, cuda, cuda:N or auto.")
     compile: bool = Field(False, description="torch.compile the model (CUDA).")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Forward-pass arithmetic: bf16 autocast or fp32; auto is bf16 on CUDA, fp32 on CPU. "
+        "Recorded in every checkpoint: a lineage resumes in the precision it started in."
+    )
     fuse: int = Field(1, ge=1, description="Lineages trained together in one process.")
     num_workers: int = Field(0, ge=0, description="Data-loading workers (streaming path).")
     checkpoint_every_epochs: int = Field(1, ge=1, description="Progress checkpoint period.")

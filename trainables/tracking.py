@@ -180,6 +180,8 @@ def log_level(client: MlflowClient, ref: TrackingRef, result, *, tags: Mapping[s
             **tags, f"{TAG}kind": KIND_LEVEL, f"{TAG}level": str(result.level),
             f"{TAG}checkpoint_id": result.checkpoint_id, "mlflow.parentRunId": ref.parent_run_id,
         }
+        if result.precision:
+            child_tags[f"{TAG}precision"] = result.precision
         run_id = client.create_run(ref.experiment_id, run_name=result.checkpoint_id, tags=child_tags).info.run_id
     else:
         run_id = existing.info.run_id

@@ -57,6 +57,7 @@ def test_demo_exits_zero_and_records_mlflow(demo_run, capsys):
         assert by_parent[tags["mlflow.parentRunId"]] == tags["impsweep.lineage_id"]
         assert tags["impsweep.checkpoint_id"] == f"{tags['impsweep.lineage_id']}/L0{tags['impsweep.level']}"
         assert child.info.status == "FINISHED"
+        assert tags["impsweep.precision"] == "fp32"  # precision auto, on CPU
         assert set(child.data.metrics) >= {"sparsity", "test_acc", "test_loss", "train_loss", "wall_s"}
         assert child.data.metrics["sparsity"] == pytest.approx(1 - 0.8 ** int(tags["impsweep.level"]), abs=1e-4)
         files = {f.path for f in client.list_artifacts(child.info.run_id, "checkpoint")}

@@ -77,3 +77,25 @@ def test_quick_path_writes_json(bench, tmp_path, capsys):
     assert row["masked_over_dense"] == pytest.approx(row["masked_step_s"] / row["dense_step_s"])
     assert row["targets"]["ratio_min"] == 2.0 and isinstance(row["targets"]["ratio_met"], bool)
     assert "lenet_300_100" in capsys.readouterr().out
+
+
+def test_bf16_row_is_impsweeps_loop_in_bf16(bench, tmp_path):
+    runs = bench.make_runs("lenet_300_100", device=torch.device("cpu"), batch_size=16, steps_per_epoch=2,
+                           bf16_row=True)
+    assert set(runs) == {"impsweep_masked", "impsweep_dense", "baseline_masked", "impsweep_bf16"}
+    fp32, bf16 = runs["impsweep_masked"], runs["impsweep_bf16"]
+    assert (fp32.precision, bf16.precision) == ("auto", "bf16")
+    for run in (fp32, bf16):
+        run.epochs(1)
+    masks = bf16.masks
+    weights = _effective_weights(bf16.model, masks)
+    assert all(not weights[n][~m].any() for n, m in masks.items())  # the same masked loop
+    assert any(not torch.equal(fp32.model.get_parameter(n), bf16.model.get_parameter(n)) for n in masks)
+    out = tmp_path / "train-cpu.json"
+    stored = bench.main(["--quick", "--models", "lenet_300_100", "--bf16-row", "yes", "--out", str(out)])
+    row = stored["models"]["lenet_300_100"]
+    assert stored["bf16_row"] is True and row["precision"] == "fp32"
+    assert row["bf16_ratio"] == pytest.approx(row["bf16_images_per_s"] / row["baseline_images_per_s"])
+    assert len(row["repeat_seconds"]["impsweep_bf16"]) == bench.QUICK["repeats"]
+    none = bench.main(["--quick", "--models", "lenet_300_100", "--bf16-row", "no", "--out", str(out)])
+    assert none["bf16_row"] is False and "bf16_ratio" not in none["models"]["lenet_300_100"]

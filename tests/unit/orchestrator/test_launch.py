@@ -1,6 +1,8 @@
 """What the driver closes after Tune returns: lineages an interrupted experiment cut off."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from mlflow.tracking import MlflowClient
 
 from orchestrator.launch import _close_cut_off, _trial_configs, fuse_note, prepare_tracking
@@ -42,3 +44,14 @@ def test_fusing_on_cpu_only_trials_gets_a_note(tmp_path):
     plans = plan_sweep(unfused, None)
     singles = _trial_configs(plans, str(tmp_path / "w"), {p.lineage_id: {} for p in plans})
     assert len(singles) == 4 and fuse_note(unfused, singles) is None
+
+
+def test_bundles_never_mix_precisions(tmp_path):
+    # precision is a runtime field, so lineages of one config may differ in it (a sweep file
+    # edited between runs, two sweeps); a bundle trains in one precision.
+    sweep = _fused_sweep(tmp_path, fuse=4, gpu=1)
+    plans = [replace(p, spec=p.spec.model_copy(update={"precision": "bf16" if k % 2 else "fp32"}))
+             for k, p in enumerate(plan_sweep(sweep, None))]
+    configs = _trial_configs(plans, str(tmp_path / "w"), {p.lineage_id: {} for p in plans})
+    assert sorted(sorted(item["spec"]["precision"] for item in c["bundle"]) for c in configs) == [
+        ["bf16", "bf16"], ["fp32", "fp32"]]

@@ -213,3 +213,60 @@ def test_conv_lineage_trains_channels_last_and_resumes_bit_identically(tiny_spec
     plain = build_model("conv2", input_shape=(1, 8, 8), num_classes=10)
     plain.load_state_dict(_level(whole, 1).model)
     assert plain.get_parameter("conv1.weight").is_contiguous()
+
+
+def test_precision_is_a_runtime_field_resolved_per_device(tiny_spec):
+    from trainables.loop import resolve_precision
+
+    assert len({lineage_id(tiny_spec(precision=p)) for p in ("auto", "fp32", "bf16")}) == 1
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    with pytest.raises(ValidationError, match="precision") as info:
+        tiny_spec(precision="fp16")
+    assert "'auto', 'fp32' or 'bf16'" in str(info.value)
+    with pytest.raises(ValueError, match=r"precision must be one of \['auto', 'bf16', 'fp32'\]; got 'fp16'"):
+        resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_bf16_lineage_records_its_precision_and_resumes_bit_identically(tiny_spec, tmp_path, digest):
+    """A bf16 lineage on CPU: forward passes in bf16 autocast (weights, gradients and optimizer
+    state stay fp32), so it differs from the fp32 lineage but not by much; every checkpoint and
+    level result says which precision made it, and a cut lineage resumes to the same weights."""
+    spec = tiny_spec(precision="bf16", train={"epochs": 3})
+    whole = run_lineage(spec, workdir=tmp_path / "whole")
+    exact = run_lineage(tiny_spec(train={"epochs": 3}), workdir=tmp_path / "fp32")
+    assert [lv.precision for lv in whole.levels] == ["bf16"] * 3
+    assert [lv.precision for lv in exact.levels] == ["fp32"] * 3
+    bf16, fp32 = _level(whole, 2), _level(exact, 2)
+    assert (bf16.precision, fp32.precision) == ("bf16", "fp32")
+    assert all(t.dtype == torch.float32 for t in bf16.model.values())
+    assert digest(bf16.model) != digest(fp32.model)
+    assert whole.levels[2].metrics["test_acc"] == pytest.approx(exact.levels[2].metrics["test_acc"], abs=0.05)
+    _cut(spec, tmp_path / "cut", level=1, epoch=2)
+    root = ckpt.lineage_dir(tmp_path / "cut", whole.lineage_id)
+    assert ckpt.load_torch(root / "progress.pt")["precision"] == "bf16"
+    resumed = run_lineage(spec, workdir=tmp_path / "cut")
+    assert digest(_level(resumed, 2).model) == digest(bf16.model)
+    assert [lv.precision for lv in resumed.levels] == ["bf16"] * 3  # read back (L00) and trained
+
+
+@pytest.mark.parametrize("cut", [True, False], ids=["mid_level", "between_levels"])
+def test_a_lineage_resumes_only_in_its_own_precision(tiny_spec, tmp_path, cut):
+    spec = tiny_spec(precision="bf16", train={"epochs": 3})
+    if cut:
+        _cut(spec, tmp_path, level=1, epoch=1)
+    else:  # killed right after level 0 was written; the level's own record must suffice
+        def stop(result):
+            raise _Stop
+
+        with pytest.raises(_Stop):
+            run_lineage(spec, workdir=tmp_path, on_level=stop)
+        assert ckpt.complete_levels(tmp_path, lineage_id(spec)) == [0]
+        (ckpt.lineage_dir(tmp_path, lineage_id(spec)) / "progress.pt").unlink()
+    refused = (f"lineage {lineage_id(spec)} was trained with precision 'bf16' and cannot be resumed with 'fp32'"
+               ".*set precision: bf16")
+    for other in ("fp32", "auto"):  # auto is fp32 on CPU
+        with pytest.raises(ValueError, match=refused):
+            run_lineage(spec.model_copy(update={"precision": other}), workdir=tmp_path)
+    assert [lv.level for lv in run_lineage(spec, workdir=tmp_path).levels] == [0, 1, 2]

@@ -25,3 +25,20 @@ def test_parent_runs_are_created_once_and_joined_to_every_sweep(tiny_spec, tmp_p
         assert run.data.params["seed"] == run.data.tags[f"{TAG}lineage_id"].rsplit("-s", 1)[1]
     shared = client.get_run(earlier)
     assert shared.data.tags[f"{TAG}sweep.old"] == "1" and shared.data.tags[f"{TAG}sweep.new"] == "1"
+
+
+def test_level_runs_say_which_precision_trained_them(tiny_spec, tmp_path):
+    from trainables.lineage import run_lineage
+    from trainables.tracking import TrackingRef, find_level_runs, lineage_tags, log_level
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("x", artifact_location=str(tmp_path / "artifacts"))
+    spec = tiny_spec(precision="bf16", prune={"levels": 1})
+    parent = ensure_parent_run(client, experiment, spec, sweep="s", code_rev="r")
+    ref = TrackingRef(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment_id=experiment,
+                      parent_run_id=parent, sweep="s", code_rev="r")
+    for result in run_lineage(spec, workdir=tmp_path / "w").levels:
+        log_level(client, ref, result, tags=lineage_tags(spec, "r"))
+    levels = find_level_runs(client, lineage_id(spec), [experiment])
+    assert sorted(levels) == [0, 1]
+    assert {run.data.tags[f"{TAG}precision"] for run in levels.values()} == {"bf16"}
