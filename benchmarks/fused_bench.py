@@ -41,6 +41,7 @@ from benchmarks._timing import (  # noqa: E402
 )
 from trainables import LineageSpec, load_checkpoint, run_lineage  # noqa: E402
 from trainables.fused import run_bundle  # noqa: E402
+from trainables.loop import resolve_precision  # noqa: E402
 
 BATCH_SIZE = 128
 TRAIN = {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": BATCH_SIZE}
@@ -71,13 +72,15 @@ CASES = {
 }
 
 
-def lineage_specs(name: str, case: Case, size: Size, n_train: int | None = None) -> list[LineageSpec]:
+def lineage_specs(name: str, case: Case, size: Size, n_train: int | None = None,
+                  precision: str = "auto") -> list[LineageSpec]:
     data = {"n_train": n_train or size.n_train, "n_test": 256, "input_shape": list(case.input_shape),
             "num_classes": 10, "seed": 0}
     return [
         LineageSpec.model_validate({
             "model": name, "dataset": "synthetic", "dataset_options": data, "seed": seed,
             "train": {**TRAIN, "epochs": size.epochs}, "prune": {"rate": 0.2, "levels": size.levels},
+            "precision": precision,
         })
         for seed in range(case.k)
     ]
@@ -108,11 +111,12 @@ def _compare(sequential, fused) -> dict:
     return {"max_rel_weight_diff": worst, "masks_equal": masks_equal}
 
 
-def bench_case(name: str, case: Case, size: Size, device: torch.device, repeats: int) -> dict:
-    specs = lineage_specs(name, case, size)
+def bench_case(name: str, case: Case, size: Size, device: torch.device, repeats: int,
+               precision: str = "auto") -> dict:
+    specs = lineage_specs(name, case, size, precision=precision)
     images = case.k * (size.levels + 1) * size.epochs * size.n_train
     with tempfile.TemporaryDirectory(prefix="fused-bench-") as tmp:
-        warm = lineage_specs(name, case, size, n_train=BATCH_SIZE)[:2]
+        warm = lineage_specs(name, case, size, n_train=BATCH_SIZE, precision=precision)[:2]
         for mode, run in MODES.items():
             timed(lambda: run(warm, Path(tmp, f"warm-{mode}"), device), device)
         walls, last = interleaved_repeats(
@@ -155,6 +159,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                          quick_help="tiny sizes: a smoke test, not a measurement",
                          out_default="benchmarks/results/fused-<device>.json")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="the lineages' precision, both modes (auto: bf16 on CUDA, fp32 on CPU)")
     args = p.parse_args(argv)
     check_common_arguments(p, args, names="cases", known=list(CASES))
     return args
@@ -170,7 +176,7 @@ def main(argv=None) -> dict:
     for name in args.cases:
         case = CASES[name]
         size = case.quick if args.quick else getattr(case, device.type)
-        cases[name] = bench_case(name, case, size, device, args.repeats or size.repeats)
+        cases[name] = bench_case(name, case, size, device, args.repeats or size.repeats, args.precision)
         print(f"{name}: fused {cases[name]['ratio']:.2f}x sequential "
               f"({session.elapsed_s():.0f} s, load average {loadavg()})", flush=True)
     results = {
@@ -178,7 +184,7 @@ def main(argv=None) -> dict:
         "code_rev": code_rev(ROOT),
         **session.facts(device),
         "quick": args.quick,
-        "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+        "precision": "bf16 autocast" if resolve_precision(args.precision, device) == "bf16" else "fp32",
         "train": {"optimizer": "sgd", **TRAIN},
         "dataset": "synthetic (seeded Gaussian clusters, 10 classes, 256 test examples)",
         "cases": cases,
