@@ -4,23 +4,14 @@ Benchmarks are never run by the test suite; this only keeps the module from rott
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "fused_bench.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("fused_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("fused_bench", module)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("fused_bench")
 
 
 @pytest.mark.parametrize("precision,recorded", [("auto", "fp32"), ("bf16", "bf16 autocast")])

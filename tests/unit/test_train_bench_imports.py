@@ -4,24 +4,15 @@ Benchmarks are never run by the test suite; this only keeps the module from rott
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "train_bench.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("train_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("train_bench", module)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("train_bench")
 
 
 def _effective_weights(model: torch.nn.Module, names) -> dict[str, torch.Tensor]:
