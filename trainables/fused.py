@@ -8,7 +8,9 @@ order of every epoch is `epoch_batches` with the lineage's epoch seed. Only the 
 shared: the K batches of a step are stacked and go through one vmapped forward/backward
 and one masked optimizer step (`trainables.stacked`). On CPU the result equals K separate
 `run_lineage` calls to about 1e-6 relative (batched matrix products round differently), with the
-same masks.
+same masks. That holds in fp32 only: with `precision: bf16` the stacked and separate products
+round differently at bf16 precision, magnitude ties at pruning then break differently, and the
+two agree in accuracy, not weight by weight.
 
 A lineage resumes in the mode it started in: its level checkpoints and progress checkpoints say
 `"fused": True` here, and `run_bundle` refuses a lineage whose checkpoints say otherwise (and,
