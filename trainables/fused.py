@@ -70,9 +70,10 @@ def run_bundle(
     with contextlib.ExitStack() as locks:
         for lid in sorted(ids):  # one global order, so two overlapping bundles cannot deadlock
             locks.enter_context(ckpt.exclusive_lock(ckpt.lineage_dir(workdir, lid) / ".lock"))
+        precision = resolve_precision(specs[0].precision, device)
         for lid in ids:
             ckpt.remove_temporaries(ckpt.lineage_dir(workdir, lid))  # half-written files of a killed run
-            check_mode(workdir, lid, fused=True, precision=resolve_precision(specs[0].precision, device))
+            check_mode(workdir, lid, fused=True, precision=precision)
         runs = _make_runs(specs, workdir, device)
         bundle = _Bundle(runs, device, on_epoch)
         levels: list[list[LevelResult]] = [[] for _ in runs]
@@ -96,20 +97,17 @@ def check_bundle(specs: Sequence[LineageSpec]) -> None:
     if not specs:
         raise ValueError("specs: a bundle needs at least one lineage spec; got none")
     errors = []
-    base = _identity_fields(specs[0])
+    base = _shared_fields(specs[0])
     seen: dict[int, int] = {}
     for i, spec in enumerate(specs):
         if spec.seed in seen:
             errors.append(f"specs[{i}].seed={spec.seed} repeats specs[{seen[spec.seed]}].seed; "
                           "each lineage appears once in a bundle")
         seen.setdefault(spec.seed, i)
-        own = _identity_fields(spec)
+        own = _shared_fields(spec)
         for key in sorted(set(base) | set(own)):
             if base.get(key) != own.get(key):
                 errors.append(f"specs[{i}].{key}={own.get(key)!r} differs from specs[0].{key}={base.get(key)!r}")
-        if spec.precision != specs[0].precision:
-            errors.append(f"specs[{i}].precision={spec.precision!r} differs from specs[0].precision="
-                          f"{specs[0].precision!r}")
     if errors:
         raise ValueError("lineages of a bundle must share everything but seed (one config_id) and precision: "
                          + "; ".join(errors))
@@ -161,6 +159,12 @@ def check_mode(workdir: str | os.PathLike, lineage: str, *, fused: bool, precisi
     if precision is not None and was is not None and was != precision:
         raise ValueError(f"lineage {lineage} was trained with precision {was!r} and cannot be resumed with "
                          f"{precision!r}: a lineage resumes in the precision it started in (set precision: {was})")
+
+
+def _shared_fields(spec: LineageSpec) -> dict[str, Any]:
+    """What the lineages of one bundle must have in common: identity fields but seed, and the
+    runtime field `precision` (one stack trains in one arithmetic)."""
+    return {**_identity_fields(spec), "precision": spec.precision}
 
 
 def _identity_fields(spec: LineageSpec) -> dict[str, Any]:
@@ -266,12 +270,13 @@ class _Bundle:
         if not runs[0].resident:
             epochs = [_to_device(batches, self.device, False) for batches in epochs]
         total = torch.zeros(len(runs), dtype=torch.float64, device=self.device)
+        autocast = _autocast(self.device, runs[0].precision)  # once per epoch, as train_epoch does
         step = first_step
         for batches in zip(*epochs):
             lrs = [run.lr_of_step(plan, step) for run in runs]
             x = torch.stack([b[0] for b in batches])
             y = torch.stack([b[1] for b in batches])
-            with _autocast(self.device, runs[0].precision):
+            with autocast:
                 losses = stack.losses(x, y)
             stack.zero_grad()
             losses.sum().backward()  # lineage k's loss depends on its own slice only
