@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import polars as pl
 from mlflow.tracking import MlflowClient
 
 from analysis.tables import upsert
-from trainables.checkpoints import LEVEL_METRICS, level_dir, lineage_dir
+from trainables.checkpoints import LineageCheckpoints
+from trainables.layout import Layout
 from trainables.tracking import KIND_LEVEL, TAG, search_all, sweep_members, tag_filter
 
 CATALOG_COLUMNS = {
@@ -58,7 +58,8 @@ def build_catalog(sweep: str, *, tracking_uri: str, workdir: str | os.PathLike) 
         if cid in seen:
             continue
         seen.add(cid)
-        path = level_dir(workdir, lid, level)
+        stored = LineageCheckpoints(workdir, lid)
+        path = stored.level_dir(level)
         m = run.data.metrics
         level_rows.append({
             "checkpoint_id": cid, "lineage_id": lid, "level": level,
@@ -66,7 +67,7 @@ def build_catalog(sweep: str, *, tracking_uri: str, workdir: str | os.PathLike) 
                                      "epochs", "wall_s")},
             "checkpoint_uri": path.resolve().as_uri(), "mlflow_run_id": run.info.run_id,
         })
-        layer_rows += _layer_rows(path, cid)
+        layer_rows += _layer_rows(stored, level, cid)
         spec = specs[lid]["spec"]
         catalog_rows.append({
             "checkpoint_id": cid, "lineage_id": lid, "config_id": lid.rsplit("-s", 1)[0], "level": level,
@@ -83,19 +84,15 @@ def build_catalog(sweep: str, *, tracking_uri: str, workdir: str | os.PathLike) 
 
 
 def _stored_spec(workdir: str | os.PathLike, lid: str) -> dict:
-    path = lineage_dir(workdir, lid) / "spec.json"
-    if not path.exists():
-        raise FileNotFoundError(f"lineage {lid}: {path} is missing; the workdir does not hold this lineage")
-    return json.loads(path.read_text())
+    stored = LineageCheckpoints(workdir, lid).stored_spec()
+    if stored is None:
+        raise FileNotFoundError(f"lineage {lid}: {Layout(workdir).lineage_spec(lid)} is missing; the workdir "
+                                "does not hold this lineage")
+    return stored
 
 
-def _layer_rows(path: Path, cid: str) -> list[dict]:
-    metrics_file = path / LEVEL_METRICS
-    if not metrics_file.exists():
+def _layer_rows(stored: LineageCheckpoints, level: int, cid: str) -> list[dict]:
+    if not stored.is_complete(level):
         return []
-    stored = json.loads(metrics_file.read_text())
-    return [
-        {"checkpoint_id": cid, "layer": d["layer"], "n_params": d["n_params"], "n_zero": d["n_zero"],
-         "sparsity": d["n_zero"] / d["n_params"] if d["n_params"] else 0.0}
-        for d in stored["layers"]
-    ]
+    return [{"checkpoint_id": cid, "layer": l.layer, "n_params": l.n_params, "n_zero": l.n_zero,
+             "sparsity": l.sparsity} for l in stored.read_record(level).layers]

@@ -18,7 +18,8 @@ from torch import nn
 from analysis.activations import capture, probe_key, probe_size_for
 from analysis.specs import AnalysisSpec
 from analysis.tables import tables_root, to_arrow, write_parquet_atomic
-from trainables.checkpoints import atomic_write_bytes, atomic_write_json, load_checkpoint
+from trainables import storage
+from trainables.checkpoints import load_checkpoint
 from trainables.data import load_dataset, probe_set
 from trainables.ids import digest
 from trainables.models import build_model
@@ -119,9 +120,9 @@ class CheckpointExtractor:
             file = root / cid / f"{layer}.npy"
             buffer = io.BytesIO()
             np.save(buffer, act)
-            atomic_write_bytes(file, buffer.getvalue())
+            storage.write_bytes(file, buffer.getvalue())
             rows.append({"checkpoint_id": cid, "layer": layer, "path": str(file), "n_examples": len(x)})
-        atomic_write_json(manifest, rows)  # last: its existence means every layer file is there
+        storage.write_json(manifest, rows)  # last: its existence means every layer file is there
 
     def _neurons(self, cid: str, model: nn.Module, x, y, num_classes: int, out: Path) -> None:
         from analysis.neurons import neuron_rows, psp_entropy
@@ -151,7 +152,7 @@ class CheckpointExtractor:
         y = splits.y_train[chosen].to(self.device)
         result = sharpness(model, masks, x, y, epsilon=self.spec.sharpness_epsilon,
                            n_iterations=self.spec.sharpness_iterations, seed=self.spec.probe_seed)
-        atomic_write_json(out, {"hessian_top_eig": result.hessian_top_eig,
+        storage.write_json(out, {"hessian_top_eig": result.hessian_top_eig,
                                 "perturbed_loss_increase": result.perturbed_loss_increase,
                                 "sharpness_epsilon": result.epsilon, "batch": n,
                                 "n_iterations": result.n_iterations, "loss": result.loss})

@@ -23,7 +23,7 @@ from analysis.similarity.inputs import common_size
 from analysis.sketches import SketchStore, activation_shape
 from analysis.specs import AnalysisSpec, analysis_id
 from analysis.tables import similarity_dir, tables_root, to_arrow, update_columns, write_parquet_atomic
-from trainables.checkpoints import exclusive_lock, remove_temporaries
+from trainables.storage import exclusive_lock, remove_temporaries
 
 SHARPNESS_COLUMNS = ("hessian_top_eig", "perturbed_loss_increase", "sharpness_epsilon")
 

@@ -18,7 +18,7 @@ import polars as pl
 
 from analysis import plots
 from analysis.tables import scan_tables
-from trainables.checkpoints import exclusive_lock
+from trainables.storage import exclusive_lock
 
 _HEATMAPS_PER_MEASURE = 3  # L×L heatmaps drawn per measure (dense vs sparsest, one lineage per config)
 _RF_CONFIGS = 3  # configs whose receptive fields are drawn

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from analysis.similarity import Sketch, SketchSpec, from_payload, sketch, sketch_bytes, to_payload
-from trainables.checkpoints import atomic_write_bytes
+from trainables import storage
 from trainables.ids import digest
 
 STORE_RATIO = 4.0
@@ -123,7 +123,7 @@ class SketchStore:
             torch.save({"version": FORMAT_VERSION, "key": spec.key, "source": _source(activation),
                         "shape": list(prepared.shape), "live_units": prepared.live_units,
                         "sketch": to_payload(prepared.sketch)}, buffer)
-            atomic_write_bytes(file, buffer.getvalue())
+            storage.write_bytes(file, buffer.getvalue())
             self.stored += 1
         return prepared
 

@@ -55,7 +55,7 @@ from benchmarks._timing import (  # noqa: E402
     Session, add_common_arguments, check_common_arguments, contended, interleaved_repeats, loadavg, write_results,
 )
 from trainables.data import epoch_batches  # noqa: E402
-from trainables.loop import _autocast, lr_at, make_optimizer, resolve_precision, train_epoch, wants_channels_last  # noqa: E402
+from trainables.loop import autocast, lr_at, make_optimizer, resolve_precision, train_epoch, wants_channels_last  # noqa: E402
 from trainables.masks import Masks, dense_masks, prunable_names  # noqa: E402
 from trainables.models import build_model  # noqa: E402
 from trainables.pruning import magnitude_masks, rounds_for  # noqa: E402
@@ -170,7 +170,7 @@ class ImpsweepRun:
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        with _autocast(self.device, self.precision):
+        with autocast(self.device, self.precision):
             return self.forward(x.to(self.device)).float()
 
 

@@ -180,13 +180,11 @@ def _grid(sweep: SweepSpec, todo: list[LineagePlan], parents: dict[str, str], ex
 def _trial_configs(todo: list[LineagePlan], workdir: str, tracking: dict[str, dict]) -> list[dict]:
     """One config per trial: a lineage, or a bundle of `fuse` lineages of one configuration
     trained fused. A lineage that already has checkpoints resumes in the mode it started in."""
-    from trainables.fused import check_mode
-
     singles, groups = [], {}
     for plan in todo:
         item = {"lineage_id": plan.lineage_id, "spec": plan.spec.model_dump(mode="json"), "workdir": workdir,
                 "tracking": tracking[plan.lineage_id]}
-        if plan.spec.fuse > 1 and _resumable_fused(check_mode, workdir, plan.lineage_id):
+        if plan.spec.fuse > 1 and _resumable_fused(workdir, plan.lineage_id):
             key = (plan.lineage_id.rsplit("-s", 1)[0], plan.spec.precision, plan.spec.fuse)
             groups.setdefault(key, []).append(item)
         else:
@@ -208,9 +206,11 @@ def fuse_note(sweep: SweepSpec, configs: list[dict]) -> str | None:
             "the speed of separate lineages, so consider fuse: 1")
 
 
-def _resumable_fused(check_mode, workdir: str, lineage: str) -> bool:
+def _resumable_fused(workdir: str, lineage: str) -> bool:
+    from trainables.checkpoints import LineageCheckpoints
+
     try:
-        check_mode(workdir, lineage, fused=True)
+        LineageCheckpoints(workdir, lineage).check_mode(fused=True)
     except ValueError:  # started unfused: it finishes unfused
         return False
     return True

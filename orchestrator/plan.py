@@ -14,9 +14,9 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from orchestrator.specs import SweepSpec
-from trainables.checkpoints import complete_levels, lineage_dir
+from trainables.checkpoints import LineageCheckpoints
 from trainables.ids import lineage_id
-from trainables.lineage import final_level
+from trainables.lineage_run import final_level
 from trainables.specs import LineageSpec, with_overrides
 from trainables.tracking import KIND_LEVEL, TAG, search_all, stopped_tag, sweep_members, tag_filter
 
@@ -67,9 +67,9 @@ def _searched_lineages(sweep: SweepSpec, client: MlflowClient | None
         lid = run.data.tags[f"{TAG}lineage_id"]
         if (stop := run.data.tags.get(stopped_tag(sweep.name))) is not None:
             stops[lid] = int(stop)
-        stored = lineage_dir(sweep.workdir, lid) / "spec.json"
-        if stored.exists():
-            specs.append(LineageSpec.model_validate(json.loads(stored.read_text())["spec"]))
+        stored = LineageCheckpoints(sweep.workdir, lid).stored_spec()
+        if stored is not None:
+            specs.append(LineageSpec.model_validate(stored["spec"]))
         elif (spec := _spec_from_params(sweep, run.data.params, lid)) is not None:
             specs.append(spec)
     return specs, stops
@@ -107,7 +107,7 @@ def plan_sweep(sweep: SweepSpec, client: MlflowClient | None = None) -> list[Lin
     for spec in specs:
         lid = lineage_id(spec)
         n_levels = final_level(sweep.workdir, spec) + 1
-        on_disk = set(complete_levels(sweep.workdir, lid))
+        on_disk = set(LineageCheckpoints(sweep.workdir, lid).complete_levels())
         logged = finished.get(lid, {})
         done = 0
         while done < n_levels and done in on_disk and done in logged:

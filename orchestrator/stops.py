@@ -12,7 +12,7 @@ from __future__ import annotations
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from trainables.lineage import rule_stop_level
+from trainables.checkpoints import LineageCheckpoints
 from trainables.tracking import mark_stopped
 
 
@@ -23,7 +23,7 @@ def stopped_after(result: dict | None, workdir: str) -> int | None:
     if not result or not {"level", "n_levels", "lineage_id"} <= result.keys():
         return None
     level = int(result["level"])
-    last = rule_stop_level(workdir, result["lineage_id"])
+    last = LineageCheckpoints(workdir, result["lineage_id"]).stopped_level()
     last = int(result["n_levels"]) - 1 if last is None else last
     return level if level < last else None
 

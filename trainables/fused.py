@@ -1,10 +1,10 @@
 """Fused training: K lineages of one configuration (different seeds) trained together in one
 process as one stacked model, each lineage keeping its own folder, checkpoints and results.
 
-Everything per lineage is the engine's own code: `_Run` loads the data, initialises the model
-from the lineage's seed, computes each level's masks and rewinds (`_Run._start_level`), writes
-its progress and level checkpoints (`_Run._save_progress`, `_Run._finish_level`), and the data
-order of every epoch is `epoch_batches` with the lineage's epoch seed. Only the training step is
+Everything per lineage is the engine's own code: a `LineageRun` loads the data, initialises the
+model from the lineage's seed, computes each level's masks and rewinds (`resume_or_start`),
+draws the batches of every epoch with the lineage's epoch seed (`batches`) and writes its
+progress and level checkpoints (`save_progress`, `finish_level`). Only the training step is
 shared: the K batches of a step are stacked and go through one vmapped forward/backward
 and one masked optimizer step (`trainables.stacked`). On CPU the result equals K separate
 `run_lineage` calls to about 1e-6 relative (batched matrix products round differently), with the
@@ -24,25 +24,20 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from trainables import checkpoints as ckpt
-from trainables.data import epoch_batches
+from trainables.checkpoints import LevelProgress, LineageCheckpoints
 from trainables.ids import config_id, lineage_id
-from trainables.lineage import (
-    PROGRESS_FILE, LevelResult, LineageResult, _Run, _seed_of, _to_device, resolve_device,
-)
-from trainables.loop import _autocast, make_optimizer, resolve_precision
-from trainables.masks import Masks
+from trainables.lineage import LineageResult
+from trainables.lineage_run import LevelResult, LineageRun, resolve_device
+from trainables.loop import autocast, make_optimizer, resolve_precision
 from trainables.schedules import LevelPlan, level_plans
 from trainables.specs import RUNTIME_FIELDS, LineageSpec
 from trainables.stacked import StackedModel, StackedOptimizer, structure_of
 
-__all__ = ["check_bundle", "check_mode", "run_bundle", "trained_mode"]
+__all__ = ["check_bundle", "run_bundle"]
 
 
 def run_bundle(
@@ -65,15 +60,15 @@ def run_bundle(
     """
     specs = list(specs)
     check_bundle(specs)
-    workdir, device = Path(workdir), resolve_device(device)
-    ids = [lineage_id(s) for s in specs]
+    device = resolve_device(device)
+    stores = [LineageCheckpoints(workdir, lineage_id(s)) for s in specs]
     with contextlib.ExitStack() as locks:
-        for lid in sorted(ids):  # one global order, so two overlapping bundles cannot deadlock
-            locks.enter_context(ckpt.exclusive_lock(ckpt.lineage_dir(workdir, lid) / ".lock"))
+        for store in sorted(stores, key=lambda c: c.lineage_id):  # one global order: no deadlock
+            locks.enter_context(store.lock())
         precision = resolve_precision(specs[0].precision, device)
-        for lid in ids:
-            ckpt.remove_temporaries(ckpt.lineage_dir(workdir, lid))  # half-written files of a killed run
-            check_mode(workdir, lid, fused=True, precision=precision)
+        for store in stores:
+            store.remove_temporaries()  # half-written files of a killed run
+            store.check_mode(fused=True, precision=precision)
         runs = _make_runs(specs, workdir, device)
         bundle = _Bundle(runs, device, on_epoch)
         levels: list[list[LevelResult]] = [[] for _ in runs]
@@ -113,54 +108,6 @@ def check_bundle(specs: Sequence[LineageSpec]) -> None:
                          + "; ".join(errors))
 
 
-def _recorded(workdir: str | os.PathLike, lineage: str) -> dict[Path, dict[str, Any]]:
-    """What each checkpoint of `lineage` (levels and the progress checkpoint) records of how it
-    was trained: `fused` (a progress checkpoint without the key was written unfused, before
-    progress checkpoints recorded it) and `precision` ("fp32"/"bf16"; None where a checkpoint
-    predates the record)."""
-    paths = [ckpt.level_dir(workdir, lineage, level) / ckpt.LEVEL_STATE
-             for level in ckpt.complete_levels(workdir, lineage)]
-    progress = ckpt.lineage_dir(workdir, lineage) / PROGRESS_FILE
-    if progress.exists():
-        paths.append(progress)
-    out = {}
-    for path in paths:
-        state = ckpt.load_torch(path)
-        out[path] = {"fused": bool(state.get("fused", False)), "precision": state.get("precision")}
-    return out
-
-
-def _agreed(recorded: dict[Path, dict[str, Any]], key: str, lineage: str) -> Any:
-    """The one value of `key` that `lineage`'s checkpoints record (None: no checkpoint or no record)."""
-    values = {path: rec[key] for path, rec in recorded.items() if rec[key] is not None}
-    if len(set(values.values())) > 1:
-        raise ValueError(f"lineage {lineage} has checkpoints of different {key}: "
-                         + ", ".join(f"{path} {key}: {value}" for path, value in values.items()))
-    return next(iter(values.values()), None)
-
-
-def trained_mode(workdir: str | os.PathLike, lineage: str) -> bool | None:
-    """Whether lineage `lineage` was trained fused (True), unfused (False), or not at all (None).
-    Raises ValueError if its checkpoints disagree."""
-    return _agreed(_recorded(workdir, lineage), "fused", lineage)
-
-
-def check_mode(workdir: str | os.PathLike, lineage: str, *, fused: bool, precision: str | None = None) -> None:
-    """Raise ValueError if lineage `lineage` has checkpoints trained in the other mode, or (given
-    the resolved `precision`) in another precision; a lineage with no checkpoint yet may start in
-    either."""
-    recorded = _recorded(workdir, lineage)
-    mode = _agreed(recorded, "fused", lineage)
-    if mode is not None and mode != fused:
-        want, was = ("fused", "unfused") if fused else ("unfused", "fused")
-        raise ValueError(f"lineage {lineage} was trained {was} and cannot be resumed {want}: "
-                         f"a lineage resumes in the mode it started in")
-    was = _agreed(recorded, "precision", lineage)
-    if precision is not None and was is not None and was != precision:
-        raise ValueError(f"lineage {lineage} was trained with precision {was!r} and cannot be resumed with "
-                         f"{precision!r}: a lineage resumes in the precision it started in (set precision: {was})")
-
-
 def _shared_fields(spec: LineageSpec) -> dict[str, Any]:
     """What the lineages of one bundle must have in common: identity fields but seed, and the
     runtime field `precision` (one stack trains in one arithmetic)."""
@@ -183,35 +130,23 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _make_runs(specs: list[LineageSpec], workdir: Path, device: torch.device) -> list[_Run]:
+def _make_runs(specs: list[LineageSpec], workdir: str | os.PathLike, device: torch.device) -> list[LineageRun]:
     runs = []
     for spec in specs:
-        run = _Run(spec, workdir, device, None, fused=True)
+        run = LineageRun(spec, workdir=workdir, device=device, fused=True)
         if runs and run.resident == runs[0].resident:
-            # One copy of the data for the bundle (same config, same data): drop this run's own.
-            first = runs[0]
-            run.x_train, run.y_train, run.x_test, run.y_test = first.x_train, first.y_train, first.x_test, first.y_test
+            run.share_data(runs[0])  # one copy of the data for the bundle (same config, same data)
         runs.append(run)
     return runs
 
 
-@dataclass
-class _Lineage:
-    """One lineage's place within a level: its masks and where its training stands."""
-
-    run: _Run
-    masks: Masks
-    epoch: int = 0
-    step: int = 0
-    train_losses: list[float] = field(default_factory=list)
-    wall_s: float = 0.0
-    optimizer: dict | None = None
+Training = tuple[LineageRun, LevelProgress]  # one lineage's run and where its level stands
 
 
 class _Bundle:
     """The runs of one run_bundle call, trained level by level."""
 
-    def __init__(self, runs: list[_Run], device: torch.device, on_epoch):
+    def __init__(self, runs: list[LineageRun], device: torch.device, on_epoch):
         self.runs, self.device, self.on_epoch = runs, device, on_epoch
         self.structure = structure_of(runs[0].model)
         self.train = runs[0].spec.train
@@ -219,88 +154,65 @@ class _Bundle:
     def level(self, plan: LevelPlan, active: list[int]) -> list[LevelResult]:
         """Results of `plan.level` for the lineages `active` (indices into runs), in order."""
         results: dict[int, LevelResult] = {}
-        todo: list[tuple[int, _Lineage]] = []
+        todo: dict[int, Training] = {}
         for i in active:
             run = self.runs[i]
             if plan.level in run.done:
-                results[i] = run._read_back(plan.level)
+                results[i] = run.read_back(plan.level)
             else:
-                masks, state = run._resume_or_start(plan)
-                todo.append((i, _Lineage(run, masks, state["epoch"], state["step"], list(state["train_losses"]),
-                                         float(state["wall_s"]), state["optimizer"])))
-        lineages = [lin for _, lin in todo]
-        while pending := [lin for lin in lineages if lin.epoch < plan.epochs]:
+                todo[i] = (run, run.resume_or_start(plan))
+        while pending := [t for t in todo.values() if t[1].epoch < plan.epochs]:
             # Laggards first: the lineages at the earliest epoch train alone until they catch up.
-            epoch = min(lin.epoch for lin in pending)
-            until = min([lin.epoch for lin in pending if lin.epoch > epoch], default=plan.epochs)
-            self._train_together(plan, [lin for lin in pending if lin.epoch == epoch], until)
-        for i, lin in todo:
-            results[i] = lin.run._finish_level(plan, lin.masks, lin.optimizer, step=lin.step,
-                                               losses=lin.train_losses, wall=lin.wall_s)
+            epoch = min(progress.epoch for _, progress in pending)
+            until = min([p.epoch for _, p in pending if p.epoch > epoch], default=plan.epochs)
+            self._train_together(plan, [t for t in pending if t[1].epoch == epoch], until)
+        for i, (run, progress) in todo.items():
+            results[i] = run.finish_level(plan, progress)
         return [results[i] for i in active]
 
-    def _train_together(self, plan: LevelPlan, lineages: list[_Lineage], until: int) -> None:
-        """Train `lineages` (all at the same epoch and step) as one stack up to epoch `until`."""
-        runs = [lin.run for lin in lineages]
+    def _train_together(self, plan: LevelPlan, stack_of: list[Training], until: int) -> None:
+        """Train `stack_of` (all at the same epoch and step) as one stack up to epoch `until`."""
+        runs = [run for run, _ in stack_of]
         stack = StackedModel([run.model for run in runs], self.structure)
         group = make_optimizer(runs[0].model, self.train, runs[0].peak_lr(plan)).state_dict()["param_groups"][0]
-        optimizer = StackedOptimizer(stack.params, self.train.optimizer, group, [lin.optimizer for lin in lineages])
-        optimizer.set_masks([lin.masks for lin in lineages])
-        epoch, step = lineages[0].epoch, lineages[0].step
+        optimizer = StackedOptimizer(stack.params, kind=self.train.optimizer, group=group,
+                                     states=[progress.optimizer for _, progress in stack_of])
+        optimizer.set_masks([progress.masks for _, progress in stack_of])
+        epoch, step = stack_of[0][1].epoch, stack_of[0][1].step
         while epoch < until:
             t0 = time.perf_counter()
-            losses, n = self._epoch(plan, stack, optimizer, lineages, epoch, step)
+            losses, n = self._epoch(plan, stack, optimizer, stack_of, epoch, step)
             epoch, step, wall = epoch + 1, step + n, time.perf_counter() - t0
-            for k, lin in enumerate(lineages):
+            for k, (run, progress) in enumerate(stack_of):
                 # wall_s is the wall-clock time of the level, which the lineages of a stack share.
-                lin.epoch, lin.step, lin.wall_s = epoch, step, lin.wall_s + wall
-                lin.train_losses.append(losses[k])
-                lin.optimizer = optimizer.state_dict(k, lin.run.lr_of_step(plan, step - 1))
-            self._save_progress(plan, lineages)
+                progress.epoch, progress.step, progress.wall_s = epoch, step, progress.wall_s + wall
+                progress.train_losses.append(losses[k])
+                progress.optimizer = optimizer.state_dict(k, run.lr_of_step(plan, step - 1))
+            saved = [run.save_progress(plan, progress) for run, progress in stack_of]
+            if any(saved) and self.on_epoch is not None:
+                self.on_epoch(plan.level, epoch)
 
-    def _epoch(self, plan, stack, optimizer, lineages, epoch, first_step) -> tuple[list[float], int]:
+    def _epoch(self, plan, stack, optimizer, stack_of, epoch, first_step) -> tuple[list[float], int]:
         """One epoch of every lineage of the stack. Returns (mean training loss per lineage, steps)."""
-        runs = [lin.run for lin in lineages]
-        epochs = [
-            epoch_batches(run.x_train, run.y_train, batch_size=self.train.batch_size,
-                          epoch_seed=_seed_of(run.spec.seed, "data", plan.level, epoch),
-                          augment=run.splits.info.augment)
-            for run in runs
-        ]
-        if not runs[0].resident:
-            epochs = [_to_device(batches, self.device, False) for batches in epochs]
+        runs = [run for run, _ in stack_of]
+        epochs = [run.batches(plan, epoch, channels_last=False) for run in runs]
         total = torch.zeros(len(runs), dtype=torch.float64, device=self.device)
-        autocast = _autocast(self.device, runs[0].precision)  # once per epoch, as train_epoch does
+        forward_context = autocast(self.device, runs[0].precision)  # once per epoch, as train_epoch does
         step = first_step
         for batches in zip(*epochs):
             lrs = [run.lr_of_step(plan, step) for run in runs]
             x = torch.stack([b[0] for b in batches])
             y = torch.stack([b[1] for b in batches])
-            with autocast:
+            with forward_context:
                 losses = stack.losses(x, y)
             stack.zero_grad()
             losses.sum().backward()  # lineage k's loss depends on its own slice only
             optimizer.step(lrs)
             total += losses.detach().double()
             step += 1
-            self._after_step(plan, optimizer, lineages, step)
+            for k, (run, progress) in enumerate(stack_of):
+                run.after_step(plan, progress, step=step)
+                if plan.gradual is not None:
+                    optimizer.sync_masks(k, progress.masks)
         n = step - first_step
         return [t / n if n else float("nan") for t in total.tolist()], n
-
-    def _after_step(self, plan: LevelPlan, optimizer: StackedOptimizer, lineages: list[_Lineage], step: int) -> None:
-        """The engine's on_step: the step rewind point of level 0, the gradual ramp's mask updates."""
-        for k, lin in enumerate(lineages):
-            if plan.level == 0:
-                lin.run._save_step_rewind(step)
-            if plan.gradual is not None:
-                plan.gradual.update(step, lin.run.model, lin.masks)
-                optimizer.sync_masks(k, lin.masks)
-
-    def _save_progress(self, plan: LevelPlan, lineages: list[_Lineage]) -> None:
-        saved = [
-            lin.run._save_progress(plan, lin.masks, lin.optimizer, epoch=lin.epoch, step=lin.step,
-                                   losses=lin.train_losses, wall=lin.wall_s)
-            for lin in lineages
-        ]
-        if any(saved) and self.on_epoch is not None:
-            self.on_epoch(plan.level, lineages[0].epoch)

@@ -70,7 +70,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def _autocast(device: torch.device, precision: str = "auto"):
+def autocast(device: torch.device, precision: str = "auto"):
+    """The context of a forward pass in `precision` on `device` (see `resolve_precision`)."""
     if resolve_precision(precision, device) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
@@ -106,13 +107,13 @@ def train_epoch(
     applier = MaskApplier(model, masks)
     applier(optimizer)
     device = next(model.parameters()).device
-    autocast = _autocast(device, precision)  # checks `precision` before the first step
+    forward_context = autocast(device, precision)  # checks `precision` before the first step
     total = torch.zeros((), dtype=torch.float64, device=device)
     step = first_step
     for x, y in batches:
         for group in optimizer.param_groups:
             group["lr"] = lr_of_step(step)
-        with autocast:
+        with forward_context:
             loss = F.cross_entropy(forward(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -136,14 +137,14 @@ def evaluate(
     `device` (default: x's) when the data is streamed from host memory. The loss is summed in
     fp32 whatever the forward pass's `precision`."""
     device = x.device if device is None else device
-    autocast = _autocast(device, precision)
+    forward_context = autocast(device, precision)
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size].to(device, non_blocking=True)
         yb = y[start : start + batch_size].to(device, non_blocking=True)
-        with autocast:
+        with forward_context:
             logits = model(xb)
         loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").double()
         correct += (logits.argmax(1) == yb).sum()

@@ -88,7 +88,7 @@ class StackedOptimizer:
         param group); states: per lineage its optimizer state (torch.optim layout) or None.
     """
 
-    def __init__(self, params: dict[str, Tensor], kind: str, group: dict[str, Any],
+    def __init__(self, params: dict[str, Tensor], *, kind: str, group: dict[str, Any],
                  states: Sequence[OptimizerState | None]):
         if kind not in ("sgd", "adam"):
             raise ValueError(f"optimizer {kind!r} cannot be stacked; expected one of ['adam', 'sgd']")

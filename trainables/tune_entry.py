@@ -18,7 +18,8 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from trainables.ids import lineage_id
-from trainables.lineage import LevelResult, run_lineage
+from trainables.lineage import run_lineage
+from trainables.lineage_run import LevelResult
 from trainables.specs import LineageSpec, with_overrides
 from trainables.tracking import (
     LEVEL_METRICS, TAG, TrackingRef, ensure_parent_run, find_level_runs, lineage_tags, log_level, set_lineage_status,

@@ -15,7 +15,8 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator import load_sweep, plan_sweep, run_sweep
 from tests.integration.conftest import final_metrics, mlflow_runs, reference_metrics, tiny_sweep
-from trainables.checkpoints import complete_levels, level_dir
+from trainables.checkpoints import LineageCheckpoints
+from trainables.layout import Layout
 from trainables.tracking import KIND_LEVEL, KIND_LINEAGE, search_all, tag_filter
 
 pytestmark = pytest.mark.integration
@@ -25,7 +26,7 @@ TRAIN = {"lr": 0.05, "batch_size": 128, "epochs": 6}
 
 def _levels_done(workdir) -> int:
     root = workdir / "lineages"
-    return sum(len(complete_levels(workdir, p.name)) for p in root.glob("c*")) if root.exists() else 0
+    return sum(len(LineageCheckpoints(workdir, p.name).complete_levels()) for p in root.glob("c*")) if root.exists() else 0
 
 
 def test_driver_killed_mid_sweep_then_resumed(tmp_path, ray_shutdown):
@@ -103,7 +104,7 @@ KILL_AT = 11
 def _lineage_levels(workdir) -> dict[str, int]:
     """lineage id -> its complete levels, for every lineage folder under the workdir."""
     root = workdir / "lineages"
-    return {p.name: len(complete_levels(workdir, p.name)) for p in root.glob("c*")} if root.exists() else {}
+    return {p.name: len(LineageCheckpoints(workdir, p.name).complete_levels()) for p in root.glob("c*")} if root.exists() else {}
 
 
 def _remember_family(proc: subprocess.Popen, family: dict[int, psutil.Process]) -> None:
@@ -173,8 +174,8 @@ def test_search_driver_killed_then_resumed_ends_with_num_samples_lineages(tmp_pa
     client = MlflowClient(sweep.resolved_tracking_uri)
     before = _lineage_levels(workdir)
     assert any(n < SEARCH_LEVELS for n in before.values()), before
-    checkpoints = {(lid, level): level_dir(workdir, lid, level).joinpath("state.pt").stat().st_mtime_ns
-                   for lid, n in before.items() for level in complete_levels(workdir, lid)}
+    checkpoints = {(lid, level): Layout(workdir).level_dir(lid, level).joinpath("state.pt").stat().st_mtime_ns
+                   for lid, n in before.items() for level in LineageCheckpoints(workdir, lid).complete_levels()}
     finished_runs = _finished_level_runs(client)
 
     family = {}
@@ -206,5 +207,5 @@ def test_search_driver_killed_then_resumed_ends_with_num_samples_lineages(tmp_pa
     assert all(r.info.status == "FINISHED" for r in parents + levels)
     assert all(p.state == "done" for p in plan_sweep(sweep)) and len(plan_sweep(sweep)) == SEARCH["num_samples"]
     # Nothing finished before the kill was computed or logged again.
-    assert {key: level_dir(workdir, *key).joinpath("state.pt").stat().st_mtime_ns for key in checkpoints} == checkpoints
+    assert {key: Layout(workdir).level_dir(*key).joinpath("state.pt").stat().st_mtime_ns for key in checkpoints} == checkpoints
     assert {cid: run for cid, run in _finished_level_runs(client).items() if cid in finished_runs} == finished_runs

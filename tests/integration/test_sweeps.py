@@ -15,7 +15,7 @@ import pytest
 from orchestrator import load_sweep, plan_sweep, run_sweep
 from orchestrator.mlflow_server import MlflowServer
 from tests.integration.conftest import final_metrics, mlflow_runs, reference_metrics, tiny_sweep
-from trainables.checkpoints import complete_levels
+from trainables.checkpoints import LineageCheckpoints
 
 pytestmark = pytest.mark.integration
 
@@ -111,12 +111,12 @@ def test_asha_stops_are_recorded_and_a_restarted_search_keeps_them(tmp_path, ray
         assert parents[plan.lineage_id].data.tags["impsweep.stopped.asha"] == str(plan.levels_done - 1)
         assert any(line.endswith(f"{plan.lineage_id} stopped by the scheduler after L{plan.levels_done - 1:02d}")
                    for line in lines)
-    levels = {p.lineage_id: complete_levels(sweep.workdir, p.lineage_id) for p in plans}
+    levels = {p.lineage_id: LineageCheckpoints(sweep.workdir, p.lineage_id).complete_levels() for p in plans}
     runs_before = sorted(r.info.run_id for r in mlflow_runs(sweep.resolved_tracking_uri))
     shutil.rmtree(sweep.workdir_path / "ray" / "asha")  # no Tune state: rebuilt from the plan
     outcome = run_sweep(sweep, echo=lambda _: None)
     assert (outcome.n_lineages, outcome.ran) == (4, 0)
-    assert {p.lineage_id: complete_levels(sweep.workdir, p.lineage_id) for p in plan_sweep(sweep)} == levels
+    assert {p.lineage_id: LineageCheckpoints(sweep.workdir, p.lineage_id).complete_levels() for p in plan_sweep(sweep)} == levels
     assert sorted(r.info.run_id for r in mlflow_runs(sweep.resolved_tracking_uri)) == runs_before
 
 
@@ -172,7 +172,7 @@ def _kill_a_trial_once(workdir, killed: list) -> None:
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not killed:
         lineages = list((workdir / "lineages").glob("c*")) if (workdir / "lineages").exists() else []
-        if any(complete_levels(workdir, p.name) == [0] for p in lineages):
+        if any(LineageCheckpoints(workdir, p.name).complete_levels() == [0] for p in lineages):
             for proc in psutil.process_iter(["cmdline", "name"]):
                 title = " ".join(proc.info["cmdline"] or [])
                 if "ImplicitFunc" in title or "lineage_trainable" in title:

@@ -11,9 +11,8 @@ from orchestrator.plan import _searched_lineages
 from orchestrator.progress import ProgressCallback
 from orchestrator.specs import load_sweep
 from orchestrator.stops import StopRecorder, stopped_after
-from trainables.checkpoints import atomic_write_json, lineage_dir
+from trainables.checkpoints import LineageCheckpoints
 from trainables.ids import lineage_id
-from trainables.lineage import STOPPED_FILE
 from trainables.specs import LineageSpec
 from trainables.tracking import ensure_experiment, ensure_parent_run, stopped_tag
 
@@ -31,7 +30,7 @@ def test_a_trial_short_of_its_last_level_was_stopped(tmp_path):
 
 
 def test_a_lineage_ended_by_its_own_stopping_rule_was_not_stopped(tmp_path):
-    atomic_write_json(lineage_dir(tmp_path, "c1-s0") / STOPPED_FILE, {"level": 2, "connected_fraction": 0.1})
+    LineageCheckpoints(tmp_path, "c1-s0").record_stop(2, connected_fraction=0.1)
     assert stopped_after(_result(2), str(tmp_path)) is None
     assert stopped_after(_result(1), str(tmp_path)) == 1
 

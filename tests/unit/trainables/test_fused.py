@@ -6,9 +6,11 @@ import torch
 from torch import nn
 
 from trainables import lineage_id, load_checkpoint, run_lineage
-from trainables import checkpoints as ckpt
+from trainables.checkpoints import LineageCheckpoints
 from trainables.fastmask import MaskApplier
-from trainables.fused import check_mode, run_bundle, trained_mode
+from trainables.fused import run_bundle
+from trainables.layout import Layout
+from trainables.storage import load_torch
 from trainables.loop import make_optimizer
 from trainables.specs import TrainSpec
 from trainables.stacked import StackedModel, StackedOptimizer, structure_of
@@ -78,7 +80,7 @@ def test_resume_mid_level_is_bit_identical(tiny_spec, tmp_path, digest):
     with pytest.raises(_Stop):
         run_bundle(specs, workdir=tmp_path / "cut", on_epoch=_stop_at(1, 1))
     for lineage in (r.lineage_id for r in whole):  # the progress checkpoints say fused too
-        assert ckpt.load_torch(ckpt.lineage_dir(tmp_path / "cut", lineage) / "progress.pt")["fused"] is True
+        assert load_torch(Layout(tmp_path / "cut").progress(lineage))["fused"] is True
     resumed = run_bundle(specs, workdir=tmp_path / "cut")
     for a, b in zip(whole, resumed):
         assert [lv.resumed for lv in b.levels] == [True, False, False]
@@ -94,7 +96,7 @@ def test_a_lagging_lineage_catches_up(tiny_spec, tmp_path, digest):
     with pytest.raises(_Stop):
         run_bundle(specs, workdir=tmp_path / "cut", on_epoch=_stop_at(1, 1))
     # As if the process died after writing the first lineage's progress but before the second's.
-    (ckpt.lineage_dir(tmp_path / "cut", whole[1].lineage_id) / "progress.pt").unlink()
+    Layout(tmp_path / "cut").progress(whole[1].lineage_id).unlink()
     resumed = run_bundle(specs, workdir=tmp_path / "cut")
     for a, b in zip(whole, resumed):
         last_a, last_b = load_checkpoint(a.levels[-1].checkpoint_dir), load_checkpoint(b.levels[-1].checkpoint_dir)
@@ -104,10 +106,10 @@ def test_a_lagging_lineage_catches_up(tiny_spec, tmp_path, digest):
 
 def test_a_lineage_resumes_only_in_its_own_mode(tiny_spec, tmp_path):
     unfused, fused = tiny_spec(seed=0), tiny_spec(seed=1)
-    assert trained_mode(tmp_path, lineage_id(unfused)) is None
+    assert LineageCheckpoints(tmp_path, lineage_id(unfused)).trained_mode() is None
     with pytest.raises(_Stop):
         run_lineage(unfused, workdir=tmp_path, on_epoch=_stop_at(0, 1))  # leaves an unfused progress.pt
-    assert trained_mode(tmp_path, lineage_id(unfused)) is False
+    assert LineageCheckpoints(tmp_path, lineage_id(unfused)).trained_mode() is False
     refused = f"lineage {lineage_id(unfused)} was trained unfused and cannot be resumed fused"
     with pytest.raises(ValueError, match=refused):
         run_bundle([fused, unfused], workdir=tmp_path)
@@ -115,10 +117,10 @@ def test_a_lineage_resumes_only_in_its_own_mode(tiny_spec, tmp_path):
     with pytest.raises(ValueError, match="trained unfused and cannot be resumed fused"):
         run_bundle([unfused], workdir=tmp_path)
     done = run_bundle([fused], workdir=tmp_path)
-    assert trained_mode(tmp_path, done[0].lineage_id) is True
+    assert LineageCheckpoints(tmp_path, done[0].lineage_id).trained_mode() is True
     # The check run_lineage needs before resuming: a fused lineage is not continued unfused.
     with pytest.raises(ValueError, match=f"{done[0].lineage_id} was trained fused and cannot be resumed unfused"):
-        check_mode(tmp_path, done[0].lineage_id, fused=False)
+        LineageCheckpoints(tmp_path, done[0].lineage_id).check_mode(fused=False)
 
 
 @pytest.mark.parametrize("others,match", [
@@ -160,7 +162,7 @@ def test_stacked_optimizer_is_torch_optim_bit_for_bit(train, digest):
     optimizers = [make_optimizer(ref, train) for ref in refs]
     stack = StackedModel(models, structure_of(models[0]))
     group = make_optimizer(models[0], train).state_dict()["param_groups"][0]
-    stacked = StackedOptimizer(stack.params, train.optimizer, group, [None] * n)
+    stacked = StackedOptimizer(stack.params, kind=train.optimizer, group=group, states=[None] * n)
     stacked.set_masks(masks)
     # the reference is the engine's own masked step (train_epoch): masks applied once, then the
     # pruned gradients zeroed before every torch.optim step

@@ -6,9 +6,13 @@ import torch
 from pydantic import ValidationError
 
 from trainables import LineageSpec, lineage_id, load_checkpoint, run_lineage
-from trainables import checkpoints as ckpt
-from trainables.lineage import _Run
+from trainables.checkpoints import LineageCheckpoints
+from trainables.layout import Layout
+from trainables.lineage_run import LineageRun
 from trainables.schedules import level_plans
+from trainables.storage import load_torch
+
+CPU = torch.device("cpu")
 
 
 def _level(result, k):
@@ -50,13 +54,22 @@ def _cut(spec, workdir, *, level: int, epoch: int) -> None:
         run_lineage(spec, workdir=workdir, on_epoch=stop)
 
 
+def _train_dense_level(spec, workdir) -> None:
+    """Run the lineage and stop it once level 0 is complete."""
+    def stop(result):
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        run_lineage(spec, workdir=workdir, on_level=stop)
+
+
 def test_resume_is_bit_identical(tiny_spec, tmp_path, digest):
     spec = tiny_spec(train={"epochs": 3})
     whole = run_lineage(spec, workdir=tmp_path / "whole")
     _cut(spec, tmp_path / "cut", level=1, epoch=2)
-    assert ckpt.complete_levels(tmp_path / "cut", whole.lineage_id) == [0]
+    assert LineageCheckpoints(tmp_path / "cut", whole.lineage_id).complete_levels() == [0]
     # what writes killed mid-way leave: a level folder and a progress file half-written
-    root = ckpt.lineage_dir(tmp_path / "cut", whole.lineage_id)
+    root = Layout(tmp_path / "cut").lineage_dir(whole.lineage_id)
     (root / ".L01.x7f3.tmp").mkdir()
     (root / ".L01.x7f3.tmp" / "state.pt").write_bytes(b"half")
     (root / ".progress.pt.q2w9.tmp").write_bytes(b"half")
@@ -77,8 +90,8 @@ def test_rerun_reads_back_without_training(tiny_spec, tmp_path):
 
 def test_stored_spec_mismatch_is_refused(tiny_spec, tmp_path):
     spec = tiny_spec()
-    run = _Run(spec, tmp_path, torch.device("cpu"), None)
-    stored = run.root / "spec.json"
+    run = LineageRun(spec, workdir=tmp_path, device=CPU)
+    stored = Layout(tmp_path).lineage_spec(run.lineage_id)
     stored.write_text(stored.read_text().replace('"lenet_300_100"', '"fcn"', 1))
     with pytest.raises(ValueError, match="stored spec.json has identity"):
         run_lineage(spec, workdir=tmp_path)
@@ -88,12 +101,11 @@ def test_stored_spec_mismatch_is_refused(tiny_spec, tmp_path):
 def test_rewinding_restores_surviving_weights_exactly(tiny_spec, tmp_path, rewind):
     extra = {"rewind_step": 5} if rewind == "step" else {}
     spec = tiny_spec(prune={"rewind": rewind, **extra})
-    run = _Run(spec, tmp_path, torch.device("cpu"), None)
-    plans = level_plans(spec, run.steps_per_epoch)
-    run.level(plans[0])
-    point = ckpt.load_torch(run.rewind_path)
+    _train_dense_level(spec, tmp_path)
+    run = LineageRun(spec, workdir=tmp_path, device=CPU)
+    point = load_torch(Layout(tmp_path).rewind_point(run.lineage_id))
     assert point["step"] == (5 if rewind == "step" else 0)
-    masks = run._start_level(plans[1])
+    masks = run.resume_or_start(level_plans(spec, run.steps_per_epoch)[1]).masks
     state = run.model.state_dict()
     for name, mask in masks.items():
         assert torch.equal(state[name][mask], point["model"][name][mask])
@@ -102,11 +114,10 @@ def test_rewinding_restores_surviving_weights_exactly(tiny_spec, tmp_path, rewin
 
 def test_rewind_lr_keeps_trained_weights(tiny_spec, tmp_path):
     spec = tiny_spec(prune={"rewind": "lr", "levels": 1})
-    run = _Run(spec, tmp_path, torch.device("cpu"), None)
-    plans = level_plans(spec, run.steps_per_epoch)
-    run.level(plans[0])
-    dense = load_checkpoint(ckpt.level_dir(tmp_path, run.lineage_id, 0))
-    masks = run._start_level(plans[1])
+    _train_dense_level(spec, tmp_path)
+    run = LineageRun(spec, workdir=tmp_path, device=CPU)
+    dense = load_checkpoint(Layout(tmp_path).level_dir(run.lineage_id, 0))
+    masks = run.resume_or_start(level_plans(spec, run.steps_per_epoch)[1]).masks
     for name, mask in masks.items():
         assert torch.equal(run.model.state_dict()[name][mask], dense.model[name][mask])
 
@@ -181,7 +192,7 @@ def test_report_period_is_a_runtime_field(tiny_spec):
 
 
 def test_stop_rule_ends_the_lineage_when_a_layer_loses_its_units(tiny_spec, tmp_path):
-    from trainables.lineage import STOPPED_FILE, connected_fractions, final_level
+    from trainables.lineage_run import connected_fractions, final_level
 
     spec = tiny_spec(prune={"scope": "layerwise", "rate": 0.9, "levels": 6, "stop_connected_fraction": 0.5})
     result = run_lineage(spec, workdir=tmp_path)
@@ -191,7 +202,7 @@ def test_stop_rule_ends_the_lineage_when_a_layer_loses_its_units(tiny_spec, tmp_
     assert min(fractions.values()) <= 0.5
     for lv in result.levels[:-1]:
         assert min(connected_fractions(_level(result, lv.level).masks).values()) > 0.5
-    assert (ckpt.lineage_dir(tmp_path, result.lineage_id) / STOPPED_FILE).exists()
+    assert Layout(tmp_path).stopped(result.lineage_id).exists()
     assert final_level(tmp_path, spec) == last.level
     again = run_lineage(spec, workdir=tmp_path)
     assert [lv.level for lv in again.levels] == [lv.level for lv in result.levels]
@@ -203,7 +214,7 @@ def test_conv_lineage_trains_channels_last_and_resumes_bit_identically(tiny_spec
     from trainables.models import build_model
 
     spec = tiny_spec(model="conv2", train={"epochs": 2}, prune={"levels": 1})
-    probe = _Run(spec, tmp_path / "probe", torch.device("cpu"), None)
+    probe = LineageRun(spec, workdir=tmp_path / "probe", device=CPU)
     assert probe.channels_last
     assert probe.model.get_parameter("conv1.weight").is_contiguous(memory_format=torch.channels_last)
     whole = run_lineage(spec, workdir=tmp_path / "whole")
@@ -244,8 +255,7 @@ def test_bf16_lineage_records_its_precision_and_resumes_bit_identically(tiny_spe
     assert digest(bf16.model) != digest(fp32.model)
     assert whole.levels[2].metrics["test_acc"] == pytest.approx(exact.levels[2].metrics["test_acc"], abs=0.05)
     _cut(spec, tmp_path / "cut", level=1, epoch=2)
-    root = ckpt.lineage_dir(tmp_path / "cut", whole.lineage_id)
-    assert ckpt.load_torch(root / "progress.pt")["precision"] == "bf16"
+    assert load_torch(Layout(tmp_path / "cut").progress(whole.lineage_id))["precision"] == "bf16"
     resumed = run_lineage(spec, workdir=tmp_path / "cut")
     assert digest(_level(resumed, 2).model) == digest(bf16.model)
     assert [lv.precision for lv in resumed.levels] == ["bf16"] * 3  # read back (L00) and trained
@@ -262,8 +272,8 @@ def test_a_lineage_resumes_only_in_its_own_precision(tiny_spec, tmp_path, cut):
 
         with pytest.raises(_Stop):
             run_lineage(spec, workdir=tmp_path, on_level=stop)
-        assert ckpt.complete_levels(tmp_path, lineage_id(spec)) == [0]
-        (ckpt.lineage_dir(tmp_path, lineage_id(spec)) / "progress.pt").unlink()
+        assert LineageCheckpoints(tmp_path, lineage_id(spec)).complete_levels() == [0]
+        Layout(tmp_path).progress(lineage_id(spec)).unlink()
     refused = (f"lineage {lineage_id(spec)} was trained with precision 'bf16' and cannot be resumed with 'fp32'"
                ".*set precision: bf16")
     for other in ("fp32", "auto"):  # auto is fp32 on CPU
