@@ -4,9 +4,6 @@ checkpoint, layer) as `.npy` files.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import nn
@@ -17,7 +14,8 @@ DEFAULT_PROBE_SIZE = 5000
 
 
 @torch.no_grad()
-def capture(model: nn.Module, x: torch.Tensor, layers: tuple[str, ...], *, batch_size: int = 1024) -> dict[str, np.ndarray]:
+def capture(model: nn.Module, x: torch.Tensor, *, layers: tuple[str, ...], batch_size: int = 1024
+            ) -> dict[str, np.ndarray]:
     """Outputs of `layers` (named_modules paths) for inputs x: [n, ...] -> {layer: [n, ...]} float32."""
     modules = dict(model.named_modules())
     missing = [name for name in layers if name not in modules]
@@ -38,24 +36,18 @@ def capture(model: nn.Module, x: torch.Tensor, layers: tuple[str, ...], *, batch
     return {name: torch.cat(parts).numpy() for name, parts in chunks.items()}
 
 
-def probe_key(spec: dict, probe_size: int, probe_seed: int) -> str:
-    """Identity of a probe set: the data it is drawn from, its (resolved) size and seed."""
+def probe_key(spec: dict, *, size: int, seed: int) -> str:
+    """Identity of a probe set: the data it is drawn from (`spec`: a lineage spec's JSON form),
+    its (resolved) size and seed."""
     return "p" + digest({"dataset": spec["dataset"], "dataset_options": spec.get("dataset_options", {}),
-                         "probe_size": probe_size, "probe_seed": probe_seed})
+                         "probe_size": size, "probe_seed": seed})
 
 
-def probe_size_for(model: nn.Module, layers: tuple[str, ...], requested: int | None, example: torch.Tensor) -> int:
+def probe_size_for(model: nn.Module, *, layers: tuple[str, ...], requested: int | None,
+                   example: torch.Tensor) -> int:
     """DESIGN.md's rule: the requested size, else max(5,000, twice the widest probed layer);
     `probe_set` then caps it at the examples the dataset has."""
     if requested is not None:
         return requested
-    widths = [int(np.prod(a.shape[1:])) for a in capture(model, example, layers).values()]
+    widths = [int(np.prod(a.shape[1:])) for a in capture(model, example, layers=layers).values()]
     return max(DEFAULT_PROBE_SIZE, 2 * max(widths))
-
-
-def activation_path(root: Path, checkpoint_id: str, layer: str) -> Path:
-    return root / checkpoint_id / f"{layer}.npy"
-
-
-def acts_root(workdir: str | os.PathLike) -> Path:
-    return Path(workdir) / "analysis" / "activations"

@@ -75,11 +75,11 @@ def build_catalog(sweep: str, *, tracking_uri: str, workdir: str | os.PathLike) 
             "checkpoint_path": str(path.resolve()), "spec_json": json.dumps(spec, sort_keys=True),
             "mlflow_run_id": run.info.run_id,
         })
-    upsert(workdir, "lineages", lineage_rows, ["lineage_id"])
-    upsert(workdir, "sweep_lineages", [{"sweep": sweep, "lineage_id": lid} for lid in lineage_ids],
-           ["sweep", "lineage_id"])
-    upsert(workdir, "levels", level_rows, ["checkpoint_id"])
-    upsert(workdir, "layers", layer_rows, ["checkpoint_id", "layer"])
+    upsert(workdir, "lineages", rows=lineage_rows, key=["lineage_id"])
+    upsert(workdir, "sweep_lineages", rows=[{"sweep": sweep, "lineage_id": lid} for lid in lineage_ids],
+           key=["sweep", "lineage_id"])
+    upsert(workdir, "levels", rows=level_rows, key=["checkpoint_id"])
+    upsert(workdir, "layers", rows=layer_rows, key=["checkpoint_id", "layer"])
     return pl.DataFrame(catalog_rows, schema=CATALOG_COLUMNS).sort("checkpoint_id")
 
 

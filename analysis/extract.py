@@ -17,11 +17,12 @@ from torch import nn
 
 from analysis.activations import capture, probe_key, probe_size_for
 from analysis.specs import AnalysisSpec
-from analysis.tables import tables_root, to_arrow, write_parquet_atomic
+from analysis.tables import to_arrow, write_parquet_atomic
 from trainables import storage
 from trainables.checkpoints import load_checkpoint
 from trainables.data import load_dataset, probe_set
 from trainables.ids import digest
+from trainables.layout import Layout
 from trainables.models import build_model
 
 
@@ -41,19 +42,18 @@ class Products:
         return [name for name, on in want.items() if on and not getattr(self, name).exists()]
 
 
-def products(workdir: str | os.PathLike, spec: AnalysisSpec, checkpoint_id: str) -> Products:
-    rule = digest({"probe_size": spec.probe_size, "probe_seed": spec.probe_seed})
-    part = f"part-{digest(checkpoint_id)}.parquet"
-    tables = tables_root(workdir)
-    sharp = digest({"batch": spec.sharpness_batch, "epsilon": spec.sharpness_epsilon,
-                    "iterations": spec.sharpness_iterations, "seed": spec.probe_seed})
-    root = Path(workdir) / "analysis"
+def products(workdir: str | os.PathLike, *, spec: AnalysisSpec, checkpoint_id: str) -> Products:
+    """Where `spec`'s products of checkpoint `checkpoint_id` are stored under `workdir`."""
+    layout = Layout(workdir)
+    probe_rule = digest({"probe_size": spec.probe_size, "probe_seed": spec.probe_seed})
+    sharpness_rule = digest({"batch": spec.sharpness_batch, "epsilon": spec.sharpness_epsilon,
+                             "iterations": spec.sharpness_iterations, "seed": spec.probe_seed})
     return Products(
-        manifest=root / "activations" / "index" / rule / f"{checkpoint_id}.json",
-        neurons=tables / "neurons" / part,
-        receptive_fields=tables / "receptive_fields" / part,
-        displacements=tables / "displacements" / part,
-        sharpness=root / "sharpness" / sharp / f"{checkpoint_id}.json",
+        manifest=layout.activation_index(probe_rule, checkpoint_id),
+        neurons=layout.checkpoint_table_file("neurons", checkpoint_id),
+        receptive_fields=layout.checkpoint_table_file("receptive_fields", checkpoint_id),
+        displacements=layout.checkpoint_table_file("displacements", checkpoint_id),
+        sharpness=layout.sharpness_file(sharpness_rule, checkpoint_id),
     )
 
 
@@ -63,8 +63,9 @@ class CheckpointExtractor:
     Datasets and probe sets are loaded once per actor and kept for the rows that follow.
     """
 
-    def __init__(self, workdir: str, spec_json: str, device: str = "cpu"):
+    def __init__(self, workdir: str, *, spec_json: str, device: str = "cpu"):
         self.workdir, self.spec = Path(workdir), AnalysisSpec.model_validate_json(spec_json)
+        self.layout = Layout(workdir)
         self.device = torch.device(device)
         self._probes: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
 
@@ -82,7 +83,7 @@ class CheckpointExtractor:
             model = build_model(lineage_spec["model"], input_shape=splits.info.input_shape,
                                 num_classes=splits.info.num_classes,
                                 options=lineage_spec.get("model_options")).to(self.device)
-            target = products(self.workdir, self.spec, cid)
+            target = products(self.workdir, spec=self.spec, checkpoint_id=cid)
             fully_connected = isinstance(_first_weight_module(model), nn.Linear)
             todo = target.missing(self.spec, fully_connected)
             if not todo:
@@ -106,18 +107,18 @@ class CheckpointExtractor:
         key = json.dumps([lineage_spec["model"], lineage_spec.get("model_options"), lineage_spec["dataset"],
                           lineage_spec.get("dataset_options")], sort_keys=True)
         if key not in self._probes:
-            size = probe_size_for(model, tuple(model.probe_layers), self.spec.probe_size,
-                                  splits.x_test[:2].to(self.device))
+            size = probe_size_for(model, layers=tuple(model.probe_layers), requested=self.spec.probe_size,
+                                  example=splits.x_test[:2].to(self.device))
             x, y = probe_set(splits, size=size, seed=self.spec.probe_seed)
             self._probes[key] = (x.to(self.device), y.to(self.device), size)
         return self._probes[key]
 
     def _activations(self, cid: str, lineage_spec: dict, model: nn.Module, x: torch.Tensor, size: int,
                      manifest: Path) -> None:
-        root = self.workdir / "analysis" / "activations" / probe_key(lineage_spec, size, self.spec.probe_seed)
+        key = probe_key(lineage_spec, size=size, seed=self.spec.probe_seed)
         rows = []
-        for layer, act in capture(model, x, tuple(model.probe_layers)).items():
-            file = root / cid / f"{layer}.npy"
+        for layer, act in capture(model, x, layers=tuple(model.probe_layers)).items():
+            file = self.layout.activation_file(key, cid, layer)
             buffer = io.BytesIO()
             np.save(buffer, act)
             storage.write_bytes(file, buffer.getvalue())

@@ -1,7 +1,7 @@
 """The analysis stage on Ray Data: catalog → activations → sketches → pair tiles → Parquet.
 
-Incremental and atomic: activations, sketches (`analysis.sketches`) and similarity rows that
-exist are reused, each output file appears whole or not at all, and a re-run computes only what
+Incremental and atomic: activations, sketches (`analysis.sketch_store`) and similarity rows
+(`analysis.tile_writer`) that exist are reused, each output file appears whole or not at all, and a re-run computes only what
 is missing.
 """
 from __future__ import annotations
@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from analysis.extract import CheckpointExtractor, products
 from analysis.catalog import build_catalog
-from analysis.pairs import Rep, Tile, pair_key, pair_set, tiles
-from analysis.similarity.inputs import common_size
-from analysis.sketches import SketchStore, activation_shape
+from analysis.extract import CheckpointExtractor, products
+from analysis.pairs import Rep, pair_key, pair_set
 from analysis.specs import AnalysisSpec, analysis_id
-from analysis.tables import similarity_dir, tables_root, to_arrow, update_columns, write_parquet_atomic
-from trainables.storage import exclusive_lock, remove_temporaries
+from analysis.tables import update_columns
+from analysis.tile_writer import TileWriter, tile_jobs
+from trainables import storage
+from trainables.layout import Layout
 
 SHARPNESS_COLUMNS = ("hessian_top_eig", "perturbed_loss_increase", "sharpness_epsilon")
 
@@ -53,9 +53,9 @@ def run_analysis(sweep: str, spec: AnalysisSpec, *, workdir: str | os.PathLike, 
     connect: called before the first Ray Data stage (e.g. to `ray.init`), and only if there is
         something to compute, so that a run with nothing missing starts no Ray at all.
     """
-    root = Path(workdir)
-    with exclusive_lock(root / "analysis" / ".lock"):
-        removed = sum(remove_temporaries(folder) for folder in (root / "analysis", tables_root(root)))
+    layout = Layout(workdir)
+    with storage.exclusive_lock(layout.analysis_lock):
+        removed = sum(storage.remove_temporaries(folder) for folder in (layout.analysis_dir, layout.tables_dir))
         if removed:
             echo(f"removed {removed} half-written file(s) left by an interrupted analysis")
         return _run_analysis(sweep, spec, workdir=workdir, tracking_uri=tracking_uri, echo=echo,
@@ -125,7 +125,7 @@ def _extract(catalog: pl.DataFrame, spec: AnalysisSpec, workdir: Path, echo: Ech
     missing = [
         {k: row[k] for k in ("checkpoint_id", "checkpoint_path", "spec_json")}
         for row in catalog.iter_rows(named=True)
-        if products(workdir, spec, row["checkpoint_id"]).missing(spec)
+        if products(workdir, spec=spec, checkpoint_id=row["checkpoint_id"]).missing(spec)
     ]
     failed: list[tuple[str, str]] = []
     if missing:
@@ -145,13 +145,13 @@ def _extract(catalog: pl.DataFrame, spec: AnalysisSpec, workdir: Path, echo: Ech
         echo(f"checkpoints: all {len(catalog)} cached")
     manifests, sharp = {}, []
     for cid in catalog["checkpoint_id"]:
-        found = products(workdir, spec, cid)
+        found = products(workdir, spec=spec, checkpoint_id=cid)
         if found.manifest.exists():
-            manifests[cid] = json.loads(found.manifest.read_text())
+            manifests[cid] = storage.read_json(found.manifest)
         if found.sharpness.exists():
-            values = json.loads(found.sharpness.read_text())
+            values = storage.read_json(found.sharpness)
             sharp.append({"checkpoint_id": cid, **{k: values[k] for k in SHARPNESS_COLUMNS}})
-    update_columns(workdir, "levels", "checkpoint_id", sharp)
+    update_columns(workdir, "levels", key="checkpoint_id", rows=sharp)
     return manifests, failed
 
 
@@ -168,7 +168,7 @@ def _reps(catalog: pl.DataFrame, manifests: dict[str, list[dict]]) -> list[Rep]:
 
 
 def _existing_keys(workdir: str | os.PathLike, measure: str, aid: str) -> set[tuple[str, str, str, str]]:
-    folder = similarity_dir(workdir, measure)
+    folder = Layout(workdir).similarity_dir(measure)
     if not folder.is_dir() or not any(folder.glob("*.parquet")):
         return set()
     frame = (
@@ -183,12 +183,10 @@ def _existing_keys(workdir: str | os.PathLike, measure: str, aid: str) -> set[tu
 def _similarity(todo, pairs, measure: str, spec: AnalysisSpec, aid: str, workdir: Path, ray) -> tuple[int, int, int]:
     """Evaluate the missing pairs tile by tile in a Ray Data actor; each tile writes one file.
     Returns (rows written, sketches computed, sketches read from disk)."""
-    plans = _layer_pair_plans(pairs, measure, spec)
-    items = [{"tile": json.dumps({**_tile_to_json(t), **plans[(t.a[0].group, t.a[0].layer, t.b[0].layer)]})}
-             for t in tiles(todo, spec.tile_size)]
+    items = [{"job": job.to_json()} for job in tile_jobs(todo, pairs, measure=measure, spec=spec)]
     ds = ray.data.from_items(items).map_batches(
-        _TileWriter,
-        fn_constructor_kwargs={"measure": measure, "spec_json": spec.model_dump_json(), "aid": aid,
+        TileWriter,
+        fn_constructor_kwargs={"measure": measure, "spec_json": spec.model_dump_json(), "analysis_id": aid,
                                "workdir": str(workdir)},
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1),
         batch_size=1,
@@ -196,109 +194,3 @@ def _similarity(todo, pairs, measure: str, spec: AnalysisSpec, aid: str, workdir
     )
     counts = np.array([[row["rows"], row["computed"], row["loaded"]] for row in ds.iter_rows()]).reshape(-1, 3)
     return tuple(int(c) for c in counts.sum(axis=0))
-
-
-def _layer_pair_plans(pairs, measure: str, spec: AnalysisSpec) -> dict[tuple[str, str, str], dict]:
-    """Per (group, a_layer, b_layer): the activation shapes of each side and the CKA form, decided
-    on the layer pair's whole pair set (not only what is missing), so that a resumed or grown
-    analysis picks the sketches it stored before."""
-    from analysis.similarity import MEASURES, cka_form
-
-    members: dict[tuple[str, str, str], list] = {}
-    for a, b in pairs:
-        members.setdefault((a.group, a.layer, b.layer), []).append((a, b))
-    shapes: dict[tuple[str, str], tuple[int, ...]] = {}
-    max_rows = spec.options.get(measure, {}).get("max_rows")
-    plans = {}
-    for (group, a_layer, b_layer), layer_pairs in members.items():
-        for rep in (layer_pairs[0][0], layer_pairs[0][1]):
-            if (group, rep.layer) not in shapes:
-                shapes[(group, rep.layer)] = activation_shape(rep.path)
-        a_shape, b_shape = shapes[(group, a_layer)], shapes[(group, b_layer)]
-        reps = {a for a, _ in layer_pairs} | {b for _, b in layer_pairs}
-        rep_shapes = [a_shape if r.layer == a_layer else b_shape for r in sorted(reps)]
-        form = (cka_form(measure, rep_shapes, len(layer_pairs), conv=spec.conv, max_rows=max_rows)
-                if MEASURES[measure].family == "cka" else None)
-        plans[(group, a_layer, b_layer)] = {"a_shape": list(a_shape), "b_shape": list(b_shape), "form": form}
-    return plans
-
-
-def _tile_to_json(tile: Tile) -> dict:
-    return {"a": [r.__dict__ for r in tile.a], "b": [r.__dict__ for r in tile.b], "pairs": tile.pairs}
-
-
-class _TileWriter:
-    """Ray Data actor: a tile's pairs from the sketches of its representations (stored, kept in
-    memory from earlier tiles, or computed once), evaluated block by block; writes its file."""
-
-    def __init__(self, measure: str, spec_json: str, aid: str, workdir: str):
-        self.measure, self.aid, self.workdir = measure, aid, Path(workdir)
-        self.spec = AnalysisSpec.model_validate_json(spec_json)
-        self.store = SketchStore(self.workdir)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        out: dict[str, list] = {"rows": [], "computed": [], "loaded": []}
-        for t in batch["tile"]:
-            computed, loaded = self.store.computed, self.store.loaded
-            out["rows"].append(self._tile(json.loads(str(t))))
-            out["computed"].append(self.store.computed - computed)
-            out["loaded"].append(self.store.loaded - loaded)
-        return out
-
-    def _tile(self, data: dict) -> int:
-        from analysis.similarity import pairwise_sketches, resolve_conv, sketch_spec
-
-        a = tuple(Rep(**r) for r in data["a"])
-        b = tuple(Rep(**r) for r in data["b"])
-        tile = Tile(a, b, tuple(tuple(p) for p in data["pairs"]))
-        options = self.spec.options.get(self.measure, {})
-        mode = resolve_conv(self.measure, self.spec.conv)
-        a_shape, b_shape = tuple(data["a_shape"]), tuple(data["b_shape"])
-        target = _common_size(a_shape, b_shape) if mode == "spatial" else None
-        same = a == b
-        specs = [sketch_spec(self.measure, shape, conv=mode, target=target, form=data["form"], **options)
-                 for shape in (a_shape, b_shape)]
-        rows = self._prepared(a, specs[0], a_shape)
-        cols = rows if same else self._prepared(b, specs[1], b_shape)
-        result = pairwise_sketches([r.sketch for r in rows], None if same else [c.sketch for c in cols],
-                                   measure=self.measure, conv=mode, pairs=tile.pairs, **options)
-        conv_mode = mode if len(a_shape) == 4 else "none"
-        out = []
-        for i, j in tile.pairs:
-            value = float(result.values[i, j])
-            out.append({
-                "analysis_id": self.aid,
-                "a_checkpoint_id": a[i].checkpoint_id, "a_lineage_id": a[i].lineage_id, "a_level": a[i].level,
-                "a_layer": a[i].layer,
-                "b_checkpoint_id": b[j].checkpoint_id, "b_lineage_id": b[j].lineage_id, "b_level": b[j].level,
-                "b_layer": b[j].layer,
-                "value": None if np.isnan(value) else value, "n_examples": int(a_shape[0]),
-                # The CCA family reports the ranks it used; for the others the effective
-                # dimension is the number of units that vary over the probe set.
-                "a_dim": _dim(result.a_dim[i, j], rows[i].live_units),
-                "b_dim": _dim(result.b_dim[i, j], cols[j].live_units),
-                "conv_mode": conv_mode,
-                "options": json.dumps(options, sort_keys=True), "status": str(result.status[i, j]),
-            })
-        path = similarity_dir(self.workdir, self.measure) / f"part-{self.aid}-{tile.tile_id}.parquet"
-        write_parquet_atomic(to_arrow(out, "similarity"), path)
-        return len(out)
-
-    def _prepared(self, reps: tuple[Rep, ...], spec, shape: tuple[int, ...]) -> list:
-        prepared = [self.store.get(r.path, spec) for r in reps]
-        for rep, p in zip(reps, prepared):
-            if p.shape != shape:
-                raise ValueError(f"activation of {rep.checkpoint_id} {rep.layer} has shape {p.shape}; "
-                                 f"expected {shape} like the rest of its layer")
-        return prepared
-
-
-def _common_size(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> tuple[int, int]:
-    """The spatial size both sides are pooled to in `spatial` mode (2-D layers count as 1 x 1)."""
-    a = a_shape[2:] if len(a_shape) == 4 else (1, 1)
-    b = b_shape[2:] if len(b_shape) == 4 else (1, 1)
-    return common_size(tuple(a), tuple(b))
-
-
-def _dim(reported: int, live: int) -> int:
-    return int(reported) if reported >= 0 else live

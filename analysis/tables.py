@@ -7,36 +7,23 @@ file per computed tile under `similarity/measure=<m>/`, never rewritten.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis.schema import SCHEMAS, TABLES_SCHEMA_VERSION
+from trainables import storage
+from trainables.layout import Layout
 
-CATALOG_FILE = "part-0.parquet"
 CATALOG_TABLES = ("lineages", "sweep_lineages", "levels", "layers")
 
 
-def tables_root(workdir: str | os.PathLike) -> Path:
-    return Path(workdir) / "tables"
-
-
-def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    """Write to a hidden temporary in the same folder, then rename: readers never see half a file
-    (polars and pyarrow skip names starting with '.' or '_')."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> None:
+    """`table` as the zstd-compressed Parquet file `path`, written atomically (readers never see
+    half a file: the temporary is hidden, and polars and pyarrow skip names starting with '.')."""
+    storage.write_atomically(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 def to_arrow(rows: Sequence[dict], name: str) -> pa.Table:
@@ -45,11 +32,11 @@ def to_arrow(rows: Sequence[dict], name: str) -> pa.Table:
     return pa.Table.from_pylist(filled, schema=schema)
 
 
-def upsert(workdir: str | os.PathLike, name: str, rows: Sequence[dict], key: Sequence[str]) -> int:
+def upsert(workdir: str | os.PathLike, name: str, *, rows: Sequence[dict], key: Sequence[str]) -> int:
     """Merge `rows` into catalog table `name` by `key`: new rows win for the columns they give;
     columns they leave out (e.g. sharpness, added by a later stage) keep their stored values.
     Rewrites the file only when something changed. Returns the number of rows given."""
-    path = tables_root(workdir) / name / CATALOG_FILE
+    path = Layout(workdir).catalog_table_file(name)
     key = list(key)
     new = pl.from_arrow(to_arrow(rows, name))
     if path.exists():
@@ -68,10 +55,10 @@ def upsert(workdir: str | os.PathLike, name: str, rows: Sequence[dict], key: Seq
     return len(rows)
 
 
-def update_columns(workdir: str | os.PathLike, name: str, key: str, rows: Sequence[dict]) -> int:
+def update_columns(workdir: str | os.PathLike, name: str, *, key: str, rows: Sequence[dict]) -> int:
     """Set some columns of existing rows of catalog table `name` (matched on `key`). Returns the
     number of rows given; rows whose key is absent are ignored."""
-    path = tables_root(workdir) / name / CATALOG_FILE
+    path = Layout(workdir).catalog_table_file(name)
     if not rows or not path.exists():
         return 0
     old = pl.read_parquet(path)
@@ -82,16 +69,12 @@ def update_columns(workdir: str | os.PathLike, name: str, key: str, rows: Sequen
     return len(rows)
 
 
-def similarity_dir(workdir: str | os.PathLike, measure: str) -> Path:
-    return tables_root(workdir) / "similarity" / f"measure={measure}"
-
-
 def scan_tables(workdir: str | os.PathLike) -> dict[str, pl.LazyFrame]:
     """A polars LazyFrame per table; an absent table is an empty frame with its schema."""
-    root = tables_root(workdir)
+    layout = Layout(workdir)
     frames: dict[str, pl.LazyFrame] = {}
     for name, schema in SCHEMAS.items():
-        folder = root / name
+        folder = layout.table_dir(name)
         files = list(folder.rglob("*.parquet")) if folder.is_dir() else []
         files = [f for f in files if not f.name.startswith((".", "_"))]
         if name == "similarity":
@@ -101,7 +84,7 @@ def scan_tables(workdir: str | os.PathLike) -> dict[str, pl.LazyFrame]:
                 empty = pl.from_arrow(schema.empty_table()).with_columns(pl.lit(None, pl.String).alias("measure"))
                 frames[name] = empty.lazy()
         elif files and name in CATALOG_TABLES:
-            frames[name] = pl.scan_parquet(folder / CATALOG_FILE)
+            frames[name] = pl.scan_parquet(layout.catalog_table_file(name))
         elif files:  # per-checkpoint files (neurons, receptive_fields, displacements)
             frames[name] = pl.scan_parquet(folder / "*.parquet")
         else:

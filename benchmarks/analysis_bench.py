@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import math
 import statistics
 import sys
@@ -34,11 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from analysis.pairs import Rep, Tile, pair_set, tiles  # noqa: E402
-from analysis.pipeline import _tile_to_json, _TileWriter  # noqa: E402
+from analysis.tile_writer import LayerPairPlan, TileJob, TileWriter  # noqa: E402
 from analysis.similarity import (MEASURES, cka_form, pairwise_sketches, sketch, sketch_spec,  # noqa: E402
                                  to_payload)
 from analysis.similarity.spectra import cpu_backend  # noqa: E402
-from analysis.sketches import fits  # noqa: E402
+from analysis.sketch_store import fits  # noqa: E402
 from analysis.specs import AnalysisSpec  # noqa: E402
 from analysis.tables import to_arrow, write_parquet_atomic  # noqa: E402
 from benchmarks._timing import (  # noqa: E402
@@ -160,14 +159,14 @@ def bench_tile_writer(name: str, layer: dict, k: int, measures: list[str], folde
             reps.append(Rep(f"c0-s{i}/L00", name, f"c0-s{i}", "c0", 0, "g", str(path)))
         tile = Tile(tuple(reps[:k]), tuple(reps[k:]), tuple((i, j) for i in range(k) for j in range(k)))
         spec = AnalysisSpec(measures=(measure,))
-        form = cka_form(measure, [shape] * (2 * k), k * k) if MEASURES[measure].family == "cka" else None
-        item = json.dumps({**_tile_to_json(tile), "a_shape": list(shape), "b_shape": list(shape), "form": form})
+        form = cka_form(measure, [shape] * (2 * k), pairs=k * k) if MEASURES[measure].family == "cka" else None
+        job = TileJob(tile, LayerPairPlan(shape, shape, form))
         times = []
         for _ in range(2):
             # A workdir per measure: the CCA measures would share their sketches.
-            writer = _TileWriter(measure, spec.model_dump_json(), "a0", str(folder / measure))
+            writer = TileWriter(measure, spec_json=spec.model_dump_json(), analysis_id="a0", workdir=folder / measure)
             t0 = time.perf_counter()
-            writer({"tile": np.array([item])})
+            writer.write(job)
             times.append(time.perf_counter() - t0)
         key = measure if form is None else f"{measure}:{form}"
         part = layer["pairs"].get(key) or next(v for k_, v in layer["pairs"].items() if k_.startswith(measure))

@@ -87,7 +87,7 @@ def test_rates_match_captured_preactivations_of_a_real_model():
     results = psp_entropy(model, x, y, num_classes=3, per_position=True)
     assert model.training  # the caller's mode is restored
     assert [r.layer for r in results] == ["conv1_relu", "conv2_relu", "fc1_relu", "fc2_relu"]
-    acts = capture(model, x, tuple(model.preactivation_layers[r.layer] for r in results))
+    acts = capture(model, x, layers=tuple(model.preactivation_layers[r.layer] for r in results))
     for r in results:
         on = acts[model.preactivation_layers[r.layer]].reshape(30, -1) > 0
         expected = np.stack([on[y.numpy() == c].mean(axis=0) for c in range(3)], axis=1)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from analysis.report import write_report
-from analysis.tables import similarity_dir, tables_root, to_arrow, write_parquet_atomic
+from analysis.tables import to_arrow, write_parquet_atomic
+from trainables.layout import Layout
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SPARSITY = [0.0, 0.2, 0.36]
@@ -16,7 +17,7 @@ LAYERS = ["fc1", "fc2"]
 
 
 def _write(workdir: Path, name: str, rows: list[dict]) -> None:
-    write_parquet_atomic(to_arrow(rows, name), tables_root(workdir) / name / "part-0.parquet")
+    write_parquet_atomic(to_arrow(rows, name), Layout(workdir).catalog_table_file(name))
 
 
 def _sim_row(a: str, b: str, a_layer: str, b_layer: str, value: float) -> dict:
@@ -44,7 +45,7 @@ def _workdir(tmp_path: Path, *, model: str = "lenet_300_100", similarity: bool =
         rows = [_sim_row(f"{lid}/L00", f"{lid}/L{lv:02d}", layer, layer, 1 - lv / 10)
                 for lid, _, _ in lineages for lv in range(3) for layer in LAYERS]
         rows += [_sim_row("cA-s0/L00", "cA-s0/L02", a, b, 0.4) for a in LAYERS for b in LAYERS if a != b]
-        write_parquet_atomic(to_arrow(rows, "similarity"), similarity_dir(workdir, "linear_cka") / "part-0.parquet")
+        write_parquet_atomic(to_arrow(rows, "similarity"), Layout(workdir).similarity_dir("linear_cka") / "part-0.parquet")
     if displacements:  # one file per checkpoint, as the extractor writes them
         for lid, _, _ in lineages:
             for lv in range(3):
@@ -52,7 +53,7 @@ def _workdir(tmp_path: Path, *, model: str = "lenet_300_100", similarity: bool =
                 rows = [{"checkpoint_id": cid, "layer": "fc1", "distance": float(d), "same_channel": 20 - 4 * d + lv,
                          "cross_channel": 0} for d in range(1, 5)]
                 write_parquet_atomic(to_arrow(rows, "displacements"),
-                                     tables_root(workdir) / "displacements" / f"part-{lid}-{lv}.parquet")
+                                     Layout(workdir).table_dir("displacements") / f"part-{lid}-{lv}.parquet")
     return workdir
 
 
@@ -94,8 +95,8 @@ def test_displacement_histograms_are_drawn_from_the_displacements_table(tmp_path
     page = index.read_text()
     assert 'src="displacement_histograms.png"' in page and "No displacements table" not in page
     empty = _workdir(tmp_path / "empty", similarity=False)
-    (tables_root(empty) / "displacements").mkdir(parents=True)
-    write_parquet_atomic(to_arrow([], "displacements"), tables_root(empty) / "displacements" / "part-0.parquet")
+    Layout(empty).table_dir("displacements").mkdir(parents=True)
+    write_parquet_atomic(to_arrow([], "displacements"), Layout(empty).table_dir("displacements") / "part-0.parquet")
     page = write_report(empty, "s1").read_text()
     assert "No displacements table" in page and "displacement_histograms.png" not in page
 

@@ -2,7 +2,6 @@
 no sketch and writes identical rows, corrupted or stale files are recomputed, the size rule."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -11,12 +10,12 @@ import numpy as np
 import polars as pl
 import pytest
 
-from analysis.pairs import Rep, pair_set, tiles
-from analysis.pipeline import _layer_pair_plans, _tile_to_json, _TileWriter
+from analysis.pairs import Rep, pair_set
 from analysis.similarity import pairwise, sketch_spec
-from analysis.sketches import SketchStore
+from analysis.sketch_store import SketchStore
 from analysis.specs import AnalysisSpec
-from analysis.tables import similarity_dir
+from analysis.tile_writer import TileWriter, tile_jobs
+from trainables.layout import Layout
 
 N = 48
 SHAPES = {"fc1": (N, 8), "conv": (N, 3, 4, 4)}
@@ -42,16 +41,14 @@ def _workdir(tmp_path: Path) -> tuple[Path, list[Rep]]:
 
 
 def _run(workdir: Path, reps: list[Rep], measure: str, *, scope: str = "lineage", tile_size: int = 2,
-         writer: _TileWriter | None = None) -> tuple[_TileWriter, pl.DataFrame]:
+         writer: TileWriter | None = None) -> tuple[TileWriter, pl.DataFrame]:
     spec = AnalysisSpec(measures=(measure,), scope=scope, tile_size=tile_size)
     pairs = pair_set(reps, layers="same", scope=scope)
-    plans = _layer_pair_plans(pairs, measure, spec)
-    writer = writer or _TileWriter(measure, spec.model_dump_json(), "a1", str(workdir))
-    items = [json.dumps({**_tile_to_json(t), **plans[(t.a[0].group, t.a[0].layer, t.b[0].layer)]})
-             for t in tiles(pairs, tile_size)]
-    out = writer({"tile": np.array(items)})
+    writer = writer or TileWriter(measure, spec_json=spec.model_dump_json(), analysis_id="a1", workdir=workdir)
+    jobs = tile_jobs(pairs, pairs, measure=measure, spec=spec)
+    out = writer({"job": np.array([job.to_json() for job in jobs])})
     assert sum(out["rows"]) == len(pairs)
-    frame = pl.read_parquet(similarity_dir(workdir, measure) / "*.parquet")
+    frame = pl.read_parquet(Layout(workdir).similarity_dir(measure) / "*.parquet")
     return writer, frame.sort("a_checkpoint_id", "a_layer", "b_checkpoint_id", "b_layer")
 
 

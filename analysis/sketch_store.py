@@ -1,8 +1,9 @@
-"""Per-representation sketches of the analysis stage, computed once and kept for every tile and
-every re-run: on disk when small next to the activation, in the tile actor's memory otherwise.
+"""The sketch store: per-representation sketches of the analysis stage, computed once and kept
+for every tile and every re-run: on disk when small next to the activation, in the tile actor's
+memory otherwise.
 
-Where: `<workdir>/analysis/sketches/<probe_key>/<checkpoint_id>/<layer>/<SketchSpec.key>.pt`,
-one file per representation and sketch spec (kind, conv mode, pooled spatial size, CKA form and
+Where: `<workdir>/analysis/sketches/<probe_key>/<checkpoint_id>/<layer>/<SketchSpec.key>.pt`
+(`trainables.layout`), one file per representation and sketch spec (kind, conv mode, pooled spatial size, CKA form and
 the options that change it; one "cca" sketch serves every CCA measure, one "nbs" sketch NBS and
 Procrustes). Each file holds the sketch's tensors and numbers plus what a similarity row needs
 of the representation (shape, live units), the spec key and the size and mtime of the activation
@@ -33,7 +34,7 @@ import torch
 
 from analysis.similarity import Sketch, SketchSpec, from_payload, sketch, sketch_bytes, to_payload
 from trainables import storage
-from trainables.ids import digest
+from trainables.layout import Layout
 
 STORE_RATIO = 4.0
 CACHE_BYTES = 2 << 30  # in-memory sketches per tile actor (those of the current tile are kept regardless)
@@ -56,7 +57,7 @@ def live_units(x: np.ndarray) -> int:
     return int((spread.reshape(spread.shape[0], -1).max(axis=1) > 0).sum())
 
 
-def fits(built: Sketch, activation_bytes: int, ratio: float = STORE_RATIO) -> bool:
+def fits(built: Sketch, activation_bytes: int, *, ratio: float = STORE_RATIO) -> bool:
     """The size rule: a sketch is stored when its tensors take at most `ratio` times the bytes of
     its activation file."""
     return sketch_bytes(built) <= ratio * activation_bytes
@@ -74,20 +75,14 @@ class SketchStore:
 
     def __init__(self, workdir: str | os.PathLike, *, store_ratio: float = STORE_RATIO,
                  cache_bytes: int = CACHE_BYTES):
-        self.workdir, self.store_ratio, self.cache_bytes = Path(workdir), store_ratio, cache_bytes
+        self.layout, self.store_ratio, self.cache_bytes = Layout(workdir), store_ratio, cache_bytes
         self._cache: OrderedDict[tuple[str, str], tuple[Prepared, int]] = OrderedDict()
         self._held = 0
         self.computed = self.loaded = self.stored = 0
 
     def path(self, activation: str | os.PathLike, spec: SketchSpec) -> Path:
         """Where the sketch of `activation` under `spec` is (or would be) stored."""
-        activation = Path(activation)
-        root = self.workdir / "analysis" / "activations"
-        try:
-            folder = activation.with_suffix("").relative_to(root)
-        except ValueError:  # activations elsewhere: one folder per file
-            folder = Path("other") / digest(str(activation))
-        return self.workdir / "analysis" / "sketches" / folder / f"{spec.key}.pt"
+        return self.layout.sketch_file(activation, spec.key)
 
     def get(self, activation: str | os.PathLike, spec: SketchSpec) -> Prepared:
         key = (str(activation), spec.key)
@@ -118,7 +113,7 @@ class SketchStore:
         x = np.load(activation)
         prepared = Prepared(sketch(x, spec), tuple(int(d) for d in x.shape), live_units(x))
         self.computed += 1
-        if fits(prepared.sketch, os.path.getsize(activation), self.store_ratio):
+        if fits(prepared.sketch, os.path.getsize(activation), ratio=self.store_ratio):
             buffer = io.BytesIO()
             torch.save({"version": FORMAT_VERSION, "key": spec.key, "source": _source(activation),
                         "shape": list(prepared.shape), "live_units": prepared.live_units,
