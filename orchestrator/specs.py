@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from analysis.specs import AnalysisSpec
 from orchestrator.search import SearchSpec
+from trainables.layout import Layout
 from trainables.specs import LineageSpec, with_overrides
 
 SWEEP_KEYS = ("name", "workdir", "storage_path", "tracking_uri", "resources", "max_concurrent",
@@ -68,18 +69,23 @@ class SweepSpec(BaseModel):
         return Path(self.workdir)
 
     @property
+    def layout(self) -> Layout:
+        """The workdir's paths, absolute (trials and servers run in other directories)."""
+        return Layout(self.workdir_path.resolve())
+
+    @property
     def resolved_storage_path(self) -> str:
-        return self.storage_path or str(self.workdir_path.resolve() / "ray")
+        return self.storage_path or str(self.layout.ray_storage)
 
     @property
     def resolved_tracking_uri(self) -> str:
         if self.tracking_uri:
             return self.tracking_uri
-        return f"sqlite:///{self.workdir_path.resolve() / 'mlflow.db'}"
+        return f"sqlite:///{self.layout.mlflow_db}"
 
     @property
     def artifact_location(self) -> str:
-        return (self.workdir_path.resolve() / "artifacts").as_uri()
+        return self.layout.mlflow_artifacts.as_uri()
 
 
 def parse_override(text: str) -> tuple[str, Any]:
