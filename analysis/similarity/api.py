@@ -16,7 +16,7 @@ import torch
 from analysis.similarity import cka
 from analysis.similarity.inputs import (as_tensor, as_tensors, check_examples, common_size,
                                         spatial_size, to_matrix)
-from analysis.similarity.kernels import Tile, evaluate
+from analysis.similarity.kernels import BlockValues, evaluate
 from analysis.similarity.registry import (PRECISIONS, TOLERANCE, MeasureInfo, get_measure,
                                           resolve_conv, resolve_options)
 from analysis.similarity.sketch import (SKETCH_OPTIONS, Sketch, base_sketch, measure_view,
@@ -342,9 +342,9 @@ def _cover(asked: np.ndarray, same: bool) -> list[tuple[list[int], list[int], bo
 def _place_block(grids: "_Grids", info: MeasureInfo, merged: Mapping[str, Any],
                  rows: Sequence[Sketch], cols: Sequence[Sketch], rows_idx: list[int],
                  cols_idx: list[int], block_same: bool, mirror: bool, precision: str) -> None:
-    tile = evaluate(info, merged, rows, cols, same=block_same, precision=precision)
+    block = evaluate(info, merged, rows, cols, same=block_same, precision=precision)
     dims = (np.array([s.dim for s in rows]), np.array([s.dim for s in cols]))
-    grids.place(tile, rows_idx, cols_idx, dims if info.family == "cca" else None,
+    grids.place(block, rows_idx, cols_idx, dims if info.family == "cca" else None,
                 mirror=mirror)
 
 
@@ -371,18 +371,18 @@ class _Grids:
                    status=np.full(shape, "ok", dtype="<U16"), a_dim=np.full(shape, -1),
                    b_dim=np.full(shape, -1))
 
-    def place(self, tile: Tile, rows_idx: list[int], cols_idx: list[int],
+    def place(self, block: BlockValues, rows_idx: list[int], cols_idx: list[int],
               dims: tuple[np.ndarray, np.ndarray] | None, *, mirror: bool) -> None:
         """Write a block; `mirror` also writes its transpose (pairs (cols, rows))."""
         grid, flipped = np.ix_(rows_idx, cols_idx), np.ix_(cols_idx, rows_idx)
-        self.values[grid] = tile.forward
-        self.status[grid] = tile.status
+        self.values[grid] = block.forward
+        self.status[grid] = block.status
         if dims is not None:
             self.a_dim[grid] = dims[0][:, None]
             self.b_dim[grid] = dims[1][None, :]
         if mirror:
-            self.values[flipped] = tile.backward.T
-            self.status[flipped] = tile.status.T
+            self.values[flipped] = block.backward.T
+            self.status[flipped] = block.status.T
             self.a_dim[flipped] = self.b_dim[grid].T
             self.b_dim[flipped] = self.a_dim[grid].T
 

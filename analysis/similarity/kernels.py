@@ -24,9 +24,11 @@ TILE_COLUMNS = 2048
 
 
 @dataclass(frozen=True)
-class Tile:
-    """Values of all pairs (rows[i], cols[j]); `backward` holds value(cols[j], rows[i]) (it
-    differs from `forward` only for the order-dependent PWCCAs). forward, backward: [M, N]."""
+class BlockValues:
+    """The evaluated values of one block of pairs (rows[i], cols[j]): `forward` holds
+    value(rows[i], cols[j]), `backward` value(cols[j], rows[i]) (it differs from `forward`
+    only for the order-dependent PWCCAs), `status` "ok" or why a pair is null.
+    forward, backward: [M, N] float64; status: [M, N] str."""
 
     forward: torch.Tensor
     backward: torch.Tensor
@@ -90,7 +92,7 @@ def _tile_pairs(rows_chunk: Sequence[int], cols_chunk: Sequence[int], ok: np.nda
 
 
 def evaluate(info: MeasureInfo, options: Mapping[str, Any], rows: Sequence[Sketch],
-             cols: Sequence[Sketch], *, same: bool, precision: str) -> Tile:
+             cols: Sequence[Sketch], *, same: bool, precision: str) -> BlockValues:
     """All pairs of `rows` x `cols` (`same`: cols is rows, only i <= j is computed)."""
     status = _status_grid(info, rows, cols)
     ok = status == "ok"
@@ -99,7 +101,7 @@ def evaluate(info: MeasureInfo, options: Mapping[str, Any], rows: Sequence[Sketc
     live_rows = [i for i in range(len(rows)) if ok[i].any()]
     live_cols = [j for j in range(len(cols)) if ok[:, j].any()]
     if not live_rows:
-        return Tile(forward, backward, status)
+        return BlockValues(forward, backward, status)
     n = rows[live_rows[0]].n
     packed = rows[live_rows[0]].factor.ndim == 1
     row_sizes = [_size(s, packed) for s in rows]
@@ -131,7 +133,7 @@ def evaluate(info: MeasureInfo, options: Mapping[str, Any], rows: Sequence[Sketc
         upper = torch.triu(torch.ones_like(forward, dtype=torch.bool))
         forward = torch.where(upper, forward, backward.T)
         backward = forward.T.clone()
-    return Tile(forward, backward, status)
+    return BlockValues(forward, backward, status)
 
 
 def _floats(values: Sequence[float], device: torch.device) -> torch.Tensor:
