@@ -59,7 +59,7 @@ def centre(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return zc, live, means
 
 
-def thin_svd(zc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def ranked_svd(zc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rank-aware thin SVD: (U [n, r], s [r], Vh [r, p]) keeping s_i > max(n, p) eps s_1."""
     u, s, vh = spectra.thin_svd(zc)
     if s.numel() == 0 or not bool(s[0] > 0):
@@ -84,7 +84,7 @@ def cca_sketch(z: torch.Tensor) -> Sketch:
     units = int(live.sum())
     if units == 0:
         return Sketch(n=n, status="constant")
-    u, s, vh = thin_svd(zc)
+    u, s, vh = ranked_svd(zc)
     rank = int(s.numel())
     # <h_i, x_j> for a canonical variate h_i = U a_i and a centred unit x_j is
     # (a_i^T S V^T)_j, so S V^T (over live units) is all the PWCCA weights need.
@@ -117,7 +117,7 @@ def nbs_sketch(z: torch.Tensor) -> Sketch:
     if units <= n:
         factor = zc[:, live]
     else:
-        u, s, _ = thin_svd(zc)
+        u, s, _ = ranked_svd(zc)
         factor = u * s
     return Sketch(n=n, status="ok", dim=int(factor.shape[1]), rank=int(factor.shape[1]),
                   units=units, factor=factor, norm=float(zc.norm()))
