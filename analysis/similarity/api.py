@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from analysis.similarity import cka
-from analysis.similarity.inputs import (as_tensor, as_tensors, check_examples, common_size,
-                                        spatial_size, to_matrix)
-from analysis.similarity.kernels import BlockValues, evaluate
+from analysis.similarity.blocks import Grids, asked_grid, cover, spatial_blocks
+from analysis.similarity.inputs import as_tensor, as_tensors, check_examples, to_matrix
+from analysis.similarity.kernels import evaluate
 from analysis.similarity.registry import (PRECISIONS, TOLERANCE, MeasureInfo, get_measure,
                                           resolve_conv, resolve_options)
 from analysis.similarity.sketch import (SKETCH_OPTIONS, Sketch, base_sketch, measure_view,
@@ -92,7 +92,7 @@ def pairwise(xs: Sequence[Any], ys: Sequence[Any] | None = None, *,
     right = left if ys is None else as_tensors(ys, "ys", dev)
     check_examples([("xs", left)] + ([] if ys is None else [("ys", right)]))
     same = ys is None
-    grids = _Grids.empty((len(left), len(right)))
+    grids = Grids.empty((len(left), len(right)))
     form = _cka_form(info, left, right, mode, same, merged["max_rows"])
     kind = sketch_kind(info)
     cache: dict[tuple[str, int, Any], Sketch] = {}
@@ -105,7 +105,8 @@ def pairwise(xs: Sequence[Any], ys: Sequence[Any] | None = None, *,
             cache[key] = measure_view(base_sketch(z, kind, merged, form), info, merged)
         return cache[key]
 
-    for rows_idx, cols_idx, target, block_same in _blocks(left, right, mode, same):
+    blocks = spatial_blocks(left, right, mode=mode, same=same)
+    for rows_idx, cols_idx, target, block_same in blocks:
         rows = [sketch_of("x", i, target) for i in rows_idx]
         cols = [sketch_of("y", j, target) for j in cols_idx]
         _place_block(grids, info, merged, rows, cols, rows_idx, cols_idx, block_same,
@@ -208,9 +209,9 @@ def pairwise_sketches(rows: Sequence[Sketch], cols: Sequence[Sketch] | None = No
     _check_compatible(left + ([] if same else right))
     left = [measure_view(s, info, merged) for s in left]
     right = left if same else [measure_view(s, info, merged) for s in right]
-    grids = _Grids.empty((len(left), len(right)))
-    asked = _asked(pairs, len(left), len(right), same)
-    for rows_idx, cols_idx, block_same in _cover(asked, same):
+    grids = Grids.empty((len(left), len(right)))
+    asked = asked_grid(pairs, (len(left), len(right)))
+    for rows_idx, cols_idx, block_same in cover(asked, same=same):
         _place_block(grids, info, merged, [left[i] for i in rows_idx],
                      [right[j] for j in cols_idx], rows_idx, cols_idx, block_same, False,
                      precision)
@@ -282,140 +283,21 @@ def _check_compatible(sketches: Sequence[Sketch]) -> None:
         raise ValueError("sketches mix the gram and features forms; expected one form")
 
 
-def _asked(pairs: Sequence[tuple[int, int]] | None, m: int, n: int, same: bool) -> np.ndarray:
-    """[m, n] bool grid of the pairs asked for (all of them when pairs is None)."""
-    if pairs is None:
-        return np.ones((m, n), dtype=bool)
-    grid = np.zeros((m, n), dtype=bool)
-    for k, pair in enumerate(pairs):
-        i, j = (int(v) for v in pair)
-        if not (0 <= i < m and 0 <= j < n):
-            raise ValueError(f"pairs[{k}] = {tuple(pair)} is out of range; expected indices "
-                             f"below ({m}, {n})")
-        grid[i, j] = True
-    return grid
-
-
-# Evaluate the whole rectangle once the connected blocks would cover this much of it: one
-# batched call then costs about what the blocks do, with fewer, larger products.
-_DENSE_FILL = 0.5
-
-
-def _cover(asked: np.ndarray, same: bool) -> list[tuple[list[int], list[int], bool]]:
-    """Blocks (rows, cols, symmetric) whose evaluation covers every asked pair: the connected
-    components of the bipartite pair graph (of the one-sided graph when `same`), or the whole
-    grid when the components fill more than half of it."""
-    m, n = asked.shape
-    if asked.all():
-        return [(list(range(m)), list(range(n)), same)]
-    parent = list(range(m if same else m + n))
-
-    def root(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for i, j in zip(*np.nonzero(asked)):
-        parent[root(int(i))] = root(int(j) if same else m + int(j))
-    members: dict[int, tuple[list[int], list[int]]] = {}
-    for i, j in zip(*np.nonzero(asked)):
-        block = members.setdefault(root(int(i)), ([], []))
-        block[0].append(int(i))
-        block[1].append(int(j))
-    blocks = []
-    for rows, cols in members.values():
-        if same:
-            both = sorted(set(rows) | set(cols))
-            blocks.append((both, both, True))
-        else:
-            blocks.append((sorted(set(rows)), sorted(set(cols)), False))
-    cells = sum(len(r) * (len(r) + 1) / 2 if s else len(r) * len(c) for r, c, s in blocks)
-    whole = m * (m + 1) / 2 if same else m * n
-    if cells > _DENSE_FILL * whole:
-        rows = sorted({i for r, _, _ in blocks for i in r})
-        cols = rows if same else sorted({j for _, c, _ in blocks for j in c})
-        return [(rows, cols, same)]
-    return blocks
-
-
-def _place_block(grids: "_Grids", info: MeasureInfo, merged: Mapping[str, Any],
+def _place_block(grids: Grids, info: MeasureInfo, merged: Mapping[str, Any],
                  rows: Sequence[Sketch], cols: Sequence[Sketch], rows_idx: list[int],
                  cols_idx: list[int], block_same: bool, mirror: bool, precision: str) -> None:
     block = evaluate(info, merged, rows, cols, same=block_same, precision=precision)
     dims = (np.array([s.dim for s in rows]), np.array([s.dim for s in cols]))
-    grids.place(block, rows_idx, cols_idx, dims if info.family == "cca" else None,
-                mirror=mirror)
+    grids.place(block, rows_idx=rows_idx, cols_idx=cols_idx,
+                dims=dims if info.family == "cca" else None, mirror=mirror)
 
 
-def _result(grids: "_Grids", measure: str, mode: str, merged: Mapping[str, Any],
+def _result(grids: Grids, measure: str, mode: str, merged: Mapping[str, Any],
             precision: str) -> PairwiseResult:
     return PairwiseResult(values=grids.values, status=grids.status, measure=measure,
                           conv=mode, options=MappingProxyType(dict(merged)),
                           precision=precision, tolerance=TOLERANCE[precision],
                           a_dim=grids.a_dim, b_dim=grids.b_dim)
-
-
-@dataclass(frozen=True)
-class _Grids:
-    """The [M, N] outputs of `pairwise`, filled block by block."""
-
-    values: torch.Tensor
-    status: np.ndarray
-    a_dim: np.ndarray
-    b_dim: np.ndarray
-
-    @classmethod
-    def empty(cls, shape: tuple[int, int]) -> "_Grids":
-        return cls(values=torch.full(shape, float("nan"), dtype=torch.float64),
-                   status=np.full(shape, "ok", dtype="<U16"), a_dim=np.full(shape, -1),
-                   b_dim=np.full(shape, -1))
-
-    def place(self, block: BlockValues, rows_idx: list[int], cols_idx: list[int],
-              dims: tuple[np.ndarray, np.ndarray] | None, *, mirror: bool) -> None:
-        """Write a block; `mirror` also writes its transpose (pairs (cols, rows))."""
-        grid, flipped = np.ix_(rows_idx, cols_idx), np.ix_(cols_idx, rows_idx)
-        self.values[grid] = block.forward
-        self.status[grid] = block.status
-        if dims is not None:
-            self.a_dim[grid] = dims[0][:, None]
-            self.b_dim[grid] = dims[1][None, :]
-        if mirror:
-            self.values[flipped] = block.backward.T
-            self.status[flipped] = block.status.T
-            self.a_dim[flipped] = self.b_dim[grid].T
-            self.b_dim[flipped] = self.a_dim[grid].T
-
-    def skip(self, where: np.ndarray) -> None:
-        """Mark pairs that were not asked for: NaN, status "skipped", no dimensions."""
-        self.values[torch.from_numpy(where)] = float("nan")
-        self.status[where] = "skipped"
-        self.a_dim[where] = -1
-        self.b_dim[where] = -1
-
-
-def _blocks(left: Sequence[torch.Tensor], right: Sequence[torch.Tensor], mode: str,
-            same: bool) -> list[tuple[list[int], list[int], Any, bool]]:
-    """Blocks of pairs sharing one reduction: in `spatial` mode, pairs of layers with
-    different h x w are pooled to the smaller size, so rows are grouped by spatial size."""
-    if mode != "spatial":
-        return [(list(range(len(left))), list(range(len(right))), None, same)]
-    by_left: dict[tuple[int, int], list[int]] = {}
-    by_right: dict[tuple[int, int], list[int]] = {}
-    for i, x in enumerate(left):
-        by_left.setdefault(spatial_size(x), []).append(i)
-    for j, y in enumerate(right):
-        by_right.setdefault(spatial_size(y), []).append(j)
-    blocks = []
-    sizes_left, sizes_right = list(by_left), list(by_right)
-    for a, size_a in enumerate(sizes_left):
-        for b, size_b in enumerate(sizes_right):
-            if same and b < a:
-                continue
-            block_same = same and a == b
-            blocks.append((by_left[size_a], by_right[size_b], common_size(size_a, size_b),
-                           block_same))
-    return blocks
 
 
 def _cka_form(info: MeasureInfo, left: Sequence[torch.Tensor],
