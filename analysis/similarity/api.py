@@ -15,15 +15,13 @@ import torch
 
 from analysis.similarity import cka
 from analysis.similarity.blocks import Grids, asked_grid, cover, spatial_blocks
+from analysis.similarity.forms import LINEAR_CKA, cka_form
 from analysis.similarity.inputs import as_tensor, as_tensors, check_examples, to_matrix
 from analysis.similarity.kernels import evaluate
 from analysis.similarity.registry import (PRECISIONS, TOLERANCE, MeasureInfo, get_measure,
                                           resolve_conv, resolve_options)
 from analysis.similarity.sketch import (SKETCH_OPTIONS, Sketch, base_sketch, measure_view,
                                         sketch_kind)
-
-# Above this many rows a packed n x n Gram per representation costs too much memory.
-MAX_GRAM_ROWS = 6000
 
 
 @dataclass(frozen=True)
@@ -166,7 +164,7 @@ def sketch_spec(measure: str, shape: Sequence[int], *, conv: str = "auto",
         target = None
     kind = sketch_kind(info)
     choices = {"cca": ("basis",), "nbs": ("factor",)}.get(
-        info.family, ("gram", "features") if info.name in _LINEAR_CKA else ("gram",))
+        info.family, ("gram", "features") if info.name in LINEAR_CKA else ("gram",))
     if form is None:
         form = cka_form(measure, [shape], conv=mode, max_rows=merged["max_rows"]) \
             if len(choices) > 1 else choices[0]
@@ -220,44 +218,6 @@ def pairwise_sketches(rows: Sequence[Sketch], cols: Sequence[Sketch] | None = No
     return _result(grids, measure, mode, merged, precision)
 
 
-def cka_form(measure: str, shapes: Sequence[Sequence[int]], pairs: float | None = None, *,
-             conv: str = "auto", max_rows: int | None = None) -> str:
-    """"gram" (packed n x n Grams, one product per tile) or "features" (stacked features),
-    whichever costs fewer multiply-adds for `pairs` pairs among representations of `shapes`
-    (one shape per representation); None: many pairs per representation (the all-pairs
-    limit). Above MAX_GRAM_ROWS rows a Gram costs too much memory. Only linear kernels have
-    a choice: "gram" for every other measure."""
-    info = get_measure(measure)
-    if info.name not in _LINEAR_CKA:
-        return "gram"
-    mode = resolve_conv(measure, conv)
-    matrices = [_matrix_shape(shape, mode) for shape in shapes]
-    rows = int(shapes[0][0]) * matrices[0][0]
-    if mode == "spatial" and max_rows is not None:
-        rows = min(rows, max_rows)
-    if rows > MAX_GRAM_ROWS:
-        return "features"
-    count = len(matrices)
-    mean_p = sum(m[1] for m in matrices) / count
-    if pairs is None:
-        return "gram" if rows * rows / 2 <= rows * mean_p * mean_p else "features"
-    gram_cost = count * rows * rows * mean_p + pairs * rows * rows / 2
-    feature_cost = (pairs + count) * rows * mean_p * mean_p
-    return "gram" if gram_cost <= feature_cost else "features"
-
-
-_LINEAR_CKA = ("linear_cka", "linear_cka_debiased")
-
-
-def _matrix_shape(shape: Sequence[int], mode: str) -> tuple[int, int]:
-    """(rows per example, features) of `to_matrix` of a representation of `shape`, before
-    any pooling or row stride."""
-    if len(shape) == 2:
-        return 1, int(shape[1])
-    c, h, w = (int(d) for d in shape[1:])
-    return {"flatten": (1, c * h * w), "avgpool": (1, c), "spatial": (h * w, c)}[mode]
-
-
 def _checked_sketches(sketches: Any, name: str, info: MeasureInfo) -> list[Sketch]:
     if isinstance(sketches, Sketch) or not isinstance(sketches, Sequence) or not sketches:
         raise ValueError(f"{name} must be a non-empty sequence of Sketch; got "
@@ -304,7 +264,7 @@ def _cka_form(info: MeasureInfo, left: Sequence[torch.Tensor],
               right: Sequence[torch.Tensor], mode: str, same: bool,
               max_rows: int | None) -> str:
     """`cka_form` for all pairs of `pairwise`'s arguments."""
-    if info.name not in _LINEAR_CKA:
+    if info.name not in LINEAR_CKA:
         return "gram"
     tensors = list(left) if same else list(left) + list(right)
     count = len(tensors)
