@@ -16,7 +16,8 @@ import torch
 from analysis.similarity import cka
 from analysis.similarity.blocks import Grids, asked_grid, cover, spatial_blocks
 from analysis.similarity.forms import LINEAR_CKA, cka_form
-from analysis.similarity.inputs import as_tensor, as_tensors, check_examples, to_matrix
+from analysis.similarity.inputs import (as_sketches, as_tensor, as_tensors, check_examples,
+                                        check_sketches, to_matrix)
 from analysis.similarity.kernels import evaluate
 from analysis.similarity.registry import (PRECISIONS, TOLERANCE, MeasureInfo, get_measure,
                                           resolve_conv, resolve_options)
@@ -202,9 +203,9 @@ def pairwise_sketches(rows: Sequence[Sketch], cols: Sequence[Sketch] | None = No
     own dense network, costs its pairs, not the whole rectangle). conv is only recorded."""
     info, mode, merged = _check_call(measure, conv, precision, options)
     same = cols is None
-    left = _checked_sketches(rows, "rows", info)
-    right = left if same else _checked_sketches(cols, "cols", info)
-    _check_compatible(left + ([] if same else right))
+    left = as_sketches(rows, name="rows", info=info)
+    right = left if same else as_sketches(cols, name="cols", info=info)
+    check_sketches(left + ([] if same else right))
     left = [measure_view(s, info, merged) for s in left]
     right = left if same else [measure_view(s, info, merged) for s in right]
     grids = Grids.empty((len(left), len(right)))
@@ -216,31 +217,6 @@ def pairwise_sketches(rows: Sequence[Sketch], cols: Sequence[Sketch] | None = No
     if pairs is not None:
         grids.skip(~asked)
     return _result(grids, measure, mode, merged, precision)
-
-
-def _checked_sketches(sketches: Any, name: str, info: MeasureInfo) -> list[Sketch]:
-    if isinstance(sketches, Sketch) or not isinstance(sketches, Sequence) or not sketches:
-        raise ValueError(f"{name} must be a non-empty sequence of Sketch; got "
-                         f"{type(sketches).__name__}")
-    kind = sketch_kind(info)
-    for i, s in enumerate(sketches):
-        if not isinstance(s, Sketch):
-            raise ValueError(f"{name}[{i}] has type {type(s).__name__}; expected a Sketch")
-        if s.kind != kind:
-            raise ValueError(f"{name}[{i}] is a {s.kind or 'hand-built'!r} sketch; measure "
-                             f"{info.name!r} needs kind {kind!r} (see sketch_spec)")
-    return list(sketches)
-
-
-def _check_compatible(sketches: Sequence[Sketch]) -> None:
-    """One row count and one factor layout (CKA's Gram or feature form) across all."""
-    rows = {s.n for s in sketches}
-    if len(rows) > 1:
-        raise ValueError(f"sketches have different row counts {sorted(rows)}; expected one "
-                         "probe set (and one spatial target)")
-    layouts = {s.factor.ndim for s in sketches if s.status == "ok" and s.factor is not None}
-    if len(layouts) > 1:
-        raise ValueError("sketches mix the gram and features forms; expected one form")
 
 
 def _place_block(grids: Grids, info: MeasureInfo, merged: Mapping[str, Any],

@@ -1,4 +1,5 @@
-"""Input checks and the reduction of conv activations [n, c, h, w] to matrices [rows, features]."""
+"""Input checks (representations and sketches) and the reduction of conv activations
+[n, c, h, w] to matrices [rows, features]."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from analysis.similarity.registry import MeasureInfo
+from analysis.similarity.sketch import Sketch, sketch_kind
 
 Spatial = tuple[int, int]
 
@@ -54,6 +58,33 @@ def check_examples(groups: Sequence[tuple[str, Sequence[torch.Tensor]]]) -> int:
                                  f"{n} like {first_name}[0]: rows must be the same probe "
                                  "examples")
     return n
+
+
+def as_sketches(sketches: Any, *, name: str, info: MeasureInfo) -> list[Sketch]:
+    """A non-empty sequence of sketches of the kind measure `info` needs (see
+    `sketch_kind`), as a list; ValueError naming the first that is not."""
+    if isinstance(sketches, Sketch) or not isinstance(sketches, Sequence) or not sketches:
+        raise ValueError(f"{name} must be a non-empty sequence of Sketch; got "
+                         f"{type(sketches).__name__}")
+    kind = sketch_kind(info)
+    for i, s in enumerate(sketches):
+        if not isinstance(s, Sketch):
+            raise ValueError(f"{name}[{i}] has type {type(s).__name__}; expected a Sketch")
+        if s.kind != kind:
+            raise ValueError(f"{name}[{i}] is a {s.kind or 'hand-built'!r} sketch; measure "
+                             f"{info.name!r} needs kind {kind!r} (see sketch_spec)")
+    return list(sketches)
+
+
+def check_sketches(sketches: Sequence[Sketch]) -> None:
+    """One row count and one factor layout (CKA's Gram or feature form) across all."""
+    rows = {s.n for s in sketches}
+    if len(rows) > 1:
+        raise ValueError(f"sketches have different row counts {sorted(rows)}; expected one "
+                         "probe set (and one spatial target)")
+    layouts = {s.factor.ndim for s in sketches if s.status == "ok" and s.factor is not None}
+    if len(layouts) > 1:
+        raise ValueError("sketches mix the gram and features forms; expected one form")
 
 
 def spatial_size(x: torch.Tensor) -> Spatial:
