@@ -217,7 +217,7 @@ def _layer_pair_plans(pairs, measure: str, spec: AnalysisSpec) -> dict[tuple[str
         a_shape, b_shape = shapes[(group, a_layer)], shapes[(group, b_layer)]
         reps = {a for a, _ in layer_pairs} | {b for _, b in layer_pairs}
         rep_shapes = [a_shape if r.layer == a_layer else b_shape for r in sorted(reps)]
-        form = (cka_form(measure, rep_shapes, len(layer_pairs), conv=spec.conv, max_rows=max_rows)
+        form = (cka_form(measure, rep_shapes, pairs=len(layer_pairs), conv=spec.conv, max_rows=max_rows)
                 if MEASURES[measure].family == "cka" else None)
         plans[(group, a_layer, b_layer)] = {"a_shape": list(a_shape), "b_shape": list(b_shape), "form": form}
     return plans

@@ -93,7 +93,7 @@ def bench_layer(name: str, shape: tuple[int, ...], n: int, k: int, measures: lis
         forms = [None]
         if measure in ("linear_cka", "linear_cka_debiased"):
             # The all-pairs form, and the feature form where a sparse scope would pick it.
-            forms = sorted({cka_form(measure, [full]), cka_form(measure, [full] * 2, 1)})
+            forms = sorted({cka_form(measure, [full]), cka_form(measure, [full] * 2, pairs=1)})
         for form in forms:
             spec = sketch_spec(measure, full, form=form)
             label = spec.kind if spec.kind in ("cca", "nbs") else f"{spec.kind}:{spec.form}"
@@ -160,7 +160,7 @@ def bench_tile_writer(name: str, layer: dict, k: int, measures: list[str], folde
             reps.append(Rep(f"c0-s{i}/L00", name, f"c0-s{i}", "c0", 0, "g", str(path)))
         tile = Tile(tuple(reps[:k]), tuple(reps[k:]), tuple((i, j) for i in range(k) for j in range(k)))
         spec = AnalysisSpec(measures=(measure,))
-        form = cka_form(measure, [shape] * (2 * k), k * k) if MEASURES[measure].family == "cka" else None
+        form = cka_form(measure, [shape] * (2 * k), pairs=k * k) if MEASURES[measure].family == "cka" else None
         item = json.dumps({**_tile_to_json(tile), "a_shape": list(shape), "b_shape": list(shape), "form": form})
         times = []
         for _ in range(2):
@@ -262,7 +262,7 @@ def _measured(layer: dict, measure: str, shapes: list, pairs: float | None) -> t
     among representations of `shapes` would use (the measured form when that one was not)."""
     key = measure
     if MEASURES[measure].family == "cka":
-        key = f"{measure}:{cka_form(measure, shapes, pairs)}"
+        key = f"{measure}:{cka_form(measure, shapes, pairs=pairs)}"
         if key not in layer["pairs"]:
             key = next(k for k in layer["pairs"] if k.split(":")[0] == measure)
     return layer["pairs"][key], layer["kinds"][layer["pairs"][key]["kind"]]

@@ -46,7 +46,7 @@ class PairwiseResult:
     b_dim: np.ndarray | None = None
 
 
-def similarity(x: Any, y: Any, measure: str = "linear_cka", *, conv: str = "auto",
+def similarity(x: Any, y: Any, *, measure: str = "linear_cka", conv: str = "auto",
                **options: Any) -> float:
     """The value of `measure` for one pair; NaN when it is null (see `pairwise` for why).
 
@@ -245,5 +245,5 @@ def _cka_form(info: MeasureInfo, left: Sequence[torch.Tensor],
     tensors = list(left) if same else list(left) + list(right)
     count = len(tensors)
     pairs = count * (count + 1) / 2 if same else len(left) * len(right)
-    return cka_form(info.name, [tuple(t.shape) for t in tensors], pairs, conv=mode,
+    return cka_form(info.name, [tuple(t.shape) for t in tensors], pairs=pairs, conv=mode,
                     max_rows=max_rows)

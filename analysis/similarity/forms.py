@@ -13,7 +13,7 @@ MAX_GRAM_ROWS = 6000
 LINEAR_CKA = ("linear_cka", "linear_cka_debiased")
 
 
-def cka_form(measure: str, shapes: Sequence[Sequence[int]], pairs: float | None = None, *,
+def cka_form(measure: str, shapes: Sequence[Sequence[int]], *, pairs: float | None = None,
              conv: str = "auto", max_rows: int | None = None) -> str:
     """"gram" (packed n x n Grams, one product per tile) or "features" (stacked features),
     whichever costs fewer multiply-adds for `pairs` pairs among representations of `shapes`

@@ -54,8 +54,8 @@ def _form(measure, xs, pairs=None, conv="auto"):
     if measure not in ("linear_cka", "linear_cka_debiased"):
         return None
     count = len(xs)
-    return cka_form(measure, [tuple(x.shape) for x in xs], count * (count + 1) / 2 if pairs is None else pairs,
-                    conv=conv)
+    return cka_form(measure, [tuple(x.shape) for x in xs],
+                    pairs=count * (count + 1) / 2 if pairs is None else pairs, conv=conv)
 
 
 @pytest.mark.parametrize("measure", ["pwcca", "svcca", "nbs", "linear_cka"])
