@@ -87,8 +87,8 @@ def pairwise(xs: Sequence[Any], ys: Sequence[Any] | None = None, *,
     in `status`; bad arguments raise ValueError."""
     info, mode, merged = _check_call(measure, conv, precision, options)
     dev = _device(device)
-    left = as_tensors(xs, "xs", dev)
-    right = left if ys is None else as_tensors(ys, "ys", dev)
+    left = as_tensors(xs, name="xs", device=dev)
+    right = left if ys is None else as_tensors(ys, name="ys", device=dev)
     check_examples([("xs", left)] + ([] if ys is None else [("ys", right)]))
     same = ys is None
     grids = Grids.empty((len(left), len(right)))
@@ -100,8 +100,9 @@ def pairwise(xs: Sequence[Any], ys: Sequence[Any] | None = None, *,
         key = ("x" if same else side, index, target)
         if key not in cache:
             tensors = left if side == "x" or same else right
-            z = to_matrix(tensors[index], mode, target, merged["max_rows"])
-            cache[key] = measure_view(base_sketch(z, kind, merged, form), info, merged)
+            z = to_matrix(tensors[index], mode, target=target, max_rows=merged["max_rows"])
+            base = base_sketch(z, kind, options=merged, form=form)
+            cache[key] = measure_view(base, info, options=merged)
         return cache[key]
 
     blocks = spatial_blocks(left, right, mode=mode, same=same)
@@ -180,14 +181,14 @@ def sketch_spec(measure: str, shape: Sequence[int], *, conv: str = "auto",
 def sketch(x: Any, spec: SketchSpec, *, device: Any = None) -> Sketch:
     """The sketch of one representation x ([n, p] or [n, c, h, w], tensor or array) under
     `spec`, in float64 on `device`; what `pairwise` computes once per representation."""
-    t = as_tensor(x, "x", _device(device))
+    t = as_tensor(x, name="x", device=_device(device))
     if spec.target is not None and t.ndim == 4 and (
             spec.target[0] > t.shape[2] or spec.target[1] > t.shape[3]):
         raise ValueError(f"x has spatial size {tuple(t.shape[2:])}, smaller than the spec's "
                          f"target {spec.target}; build the spec from x's shape")
     form = "gram" if spec.form in ("basis", "factor") else spec.form
-    z = to_matrix(t, spec.conv, spec.target, spec.options.get("max_rows"))
-    return base_sketch(z, spec.kind, spec.options, form)
+    z = to_matrix(t, spec.conv, target=spec.target, max_rows=spec.options.get("max_rows"))
+    return base_sketch(z, spec.kind, options=spec.options, form=form)
 
 
 def pairwise_sketches(rows: Sequence[Sketch], cols: Sequence[Sketch] | None = None, *,
@@ -206,8 +207,8 @@ def pairwise_sketches(rows: Sequence[Sketch], cols: Sequence[Sketch] | None = No
     left = as_sketches(rows, name="rows", info=info)
     right = left if same else as_sketches(cols, name="cols", info=info)
     check_sketches(left + ([] if same else right))
-    left = [measure_view(s, info, merged) for s in left]
-    right = left if same else [measure_view(s, info, merged) for s in right]
+    left = [measure_view(s, info, options=merged) for s in left]
+    right = left if same else [measure_view(s, info, options=merged) for s in right]
     grids = Grids.empty((len(left), len(right)))
     asked = asked_grid(pairs, (len(left), len(right)))
     for rows_idx, cols_idx, block_same in cover(asked, same=same):
@@ -222,7 +223,7 @@ def pairwise_sketches(rows: Sequence[Sketch], cols: Sequence[Sketch] | None = No
 def _place_block(grids: Grids, info: MeasureInfo, merged: Mapping[str, Any],
                  rows: Sequence[Sketch], cols: Sequence[Sketch], rows_idx: list[int],
                  cols_idx: list[int], block_same: bool, mirror: bool, precision: str) -> None:
-    block = evaluate(info, merged, rows, cols, same=block_same, precision=precision)
+    block = evaluate(info, merged, rows=rows, cols=cols, same=block_same, precision=precision)
     dims = (np.array([s.dim for s in rows]), np.array([s.dim for s in cols]))
     grids.place(block, rows_idx=rows_idx, cols_idx=cols_idx,
                 dims=dims if info.family == "cca" else None, mirror=mirror)

@@ -16,7 +16,7 @@ from analysis.similarity.sketch import Sketch, sketch_kind
 Spatial = tuple[int, int]
 
 
-def as_tensor(x: Any, name: str, device: torch.device) -> torch.Tensor:
+def as_tensor(x: Any, *, name: str, device: torch.device) -> torch.Tensor:
     """`x` ([n, p] or [n, c, h, w], tensor or array) as float64 on `device`, checked."""
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.asarray(x))
@@ -37,14 +37,14 @@ def as_tensor(x: Any, name: str, device: torch.device) -> torch.Tensor:
     return x
 
 
-def as_tensors(xs: Any, name: str, device: torch.device) -> list[torch.Tensor]:
+def as_tensors(xs: Any, *, name: str, device: torch.device) -> list[torch.Tensor]:
     """A non-empty sequence of representations as float64 tensors on `device`."""
     if isinstance(xs, (torch.Tensor, np.ndarray)) or not isinstance(xs, Sequence):
         raise ValueError(f"{name} has type {type(xs).__name__}; expected a sequence (list "
                          "or tuple) of tensors or arrays")
     if len(xs) == 0:
         raise ValueError(f"{name} is empty; expected at least one representation")
-    return [as_tensor(x, f"{name}[{i}]", device) for i, x in enumerate(xs)]
+    return [as_tensor(x, name=f"{name}[{i}]", device=device) for i, x in enumerate(xs)]
 
 
 def check_examples(groups: Sequence[tuple[str, Sequence[torch.Tensor]]]) -> int:
@@ -97,7 +97,7 @@ def common_size(a: Spatial, b: Spatial) -> Spatial:
     return (min(a[0], b[0]), min(a[1], b[1]))
 
 
-def to_matrix(x: torch.Tensor, mode: str, target: Spatial | None = None,
+def to_matrix(x: torch.Tensor, mode: str, *, target: Spatial | None = None,
               max_rows: int | None = None) -> torch.Tensor:
     """Reduce `x` to a matrix for one conv `mode`.
 

@@ -94,7 +94,7 @@ def cca_sketch(z: torch.Tensor) -> Sketch:
                   extras=MappingProxyType(extras))
 
 
-def measure_view(sketch: Sketch, info: MeasureInfo, options: Mapping[str, Any]) -> Sketch:
+def measure_view(sketch: Sketch, info: MeasureInfo, *, options: Mapping[str, Any]) -> Sketch:
     """The sketch as measure `info` uses it: SVCCA keeps the fewest leading directions of the
     "cca" basis whose squared singular values reach `variance` of the total; every other
     measure uses its kind's sketch as it is."""
@@ -123,7 +123,7 @@ def nbs_sketch(z: torch.Tensor) -> Sketch:
                   units=units, factor=factor, norm=float(zc.norm()))
 
 
-def cka_sketch(z: torch.Tensor, info: MeasureInfo, options: Mapping[str, Any],
+def cka_sketch(z: torch.Tensor, info: MeasureInfo, *, options: Mapping[str, Any],
                form: str) -> Sketch:
     """Gram-form sketch (packed centred Gram, [L]) or feature-form sketch (Zc, [n, p])."""
     n = z.shape[0]
@@ -179,7 +179,7 @@ SKETCH_OPTIONS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "linear_cka_minibatch": ("batch_size",), "rbf_cka": ("threshold",)})
 
 
-def base_sketch(z: torch.Tensor, kind: str, options: Mapping[str, Any],
+def base_sketch(z: torch.Tensor, kind: str, *, options: Mapping[str, Any],
                 form: str = "gram") -> Sketch:
     """The sketch of `kind` (see `sketch_kind`) of one reduced representation z: [n, p]; an
     SVD that fails to converge gives status "linalg_error" (null pairs), not an exception."""
@@ -189,16 +189,17 @@ def base_sketch(z: torch.Tensor, kind: str, options: Mapping[str, Any],
         elif kind == "nbs":
             built = nbs_sketch(z)
         else:
-            built = cka_sketch(z, get_measure(kind), options, form)
+            built = cka_sketch(z, get_measure(kind), options=options, form=form)
     except torch.linalg.LinAlgError:
         built = Sketch(n=z.shape[0], status="linalg_error")
     return replace(built, kind=kind)
 
 
-def build_sketch(z: torch.Tensor, info: MeasureInfo, options: Mapping[str, Any],
+def build_sketch(z: torch.Tensor, info: MeasureInfo, *, options: Mapping[str, Any],
                  form: str = "gram") -> Sketch:
     """The sketch of one reduced representation z: [n, p] as measure `info` uses it."""
-    return measure_view(base_sketch(z, sketch_kind(info), options, form), info, options)
+    base = base_sketch(z, sketch_kind(info), options=options, form=form)
+    return measure_view(base, info, options=options)
 
 
 def sketch_bytes(sketch: Sketch) -> int:

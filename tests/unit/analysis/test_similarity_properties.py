@@ -199,7 +199,7 @@ def test_gram_and_feature_forms_agree(name):
     info, options = MEASURES[name], resolve_options(name, {})
     forward = []
     for form in ("gram", "features"):
-        sketches = [build_sketch(z, info, options, form) for z in layers]
-        forward.append(evaluate(info, options, sketches, sketches, same=True,
+        sketches = [build_sketch(z, info, options=options, form=form) for z in layers]
+        forward.append(evaluate(info, options, rows=sketches, cols=sketches, same=True,
                                 precision="exact").forward)
     torch.testing.assert_close(forward[0], forward[1], atol=1e-12, rtol=0)

@@ -148,9 +148,9 @@ def test_a_sparse_pair_list_evaluates_its_blocks_not_the_rectangle(monkeypatch):
     cells = []
     real = api.evaluate
 
-    def counting(info, options, rows, cols, **kw):
+    def counting(info, options, *, rows, cols, **kw):
         cells.append(len(rows) * len(cols))
-        return real(info, options, rows, cols, **kw)
+        return real(info, options, rows=rows, cols=cols, **kw)
 
     monkeypatch.setattr(api, "evaluate", counting)
     # Each "dense" row i pairs with its own three columns: four 1 x 3 blocks, not 4 x 12.
