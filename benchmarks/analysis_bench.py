@@ -92,7 +92,7 @@ def bench_layer(name: str, shape: tuple[int, ...], n: int, k: int, measures: lis
         forms = [None]
         if measure in ("linear_cka", "linear_cka_debiased"):
             # The all-pairs form, and the feature form where a sparse scope would pick it.
-            forms = sorted({cka_form(measure, [full]), cka_form(measure, [full] * 2, 1)})
+            forms = sorted({cka_form(measure, [full]), cka_form(measure, [full] * 2, pairs=1)})
         for form in forms:
             spec = sketch_spec(measure, full, form=form)
             label = spec.kind if spec.kind in ("cca", "nbs") else f"{spec.kind}:{spec.form}"
@@ -261,7 +261,7 @@ def _measured(layer: dict, measure: str, shapes: list, pairs: float | None) -> t
     among representations of `shapes` would use (the measured form when that one was not)."""
     key = measure
     if MEASURES[measure].family == "cka":
-        key = f"{measure}:{cka_form(measure, shapes, pairs)}"
+        key = f"{measure}:{cka_form(measure, shapes, pairs=pairs)}"
         if key not in layer["pairs"]:
             key = next(k for k in layer["pairs"] if k.split(":")[0] == measure)
     return layer["pairs"][key], layer["kinds"][layer["pairs"][key]["kind"]]

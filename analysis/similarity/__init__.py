@@ -3,8 +3,9 @@
 (the analysis pipeline) use `sketch_spec` and `sketch` per representation and
 `pairwise_sketches` per tile of pairs."""
 
-from analysis.similarity.api import (PairwiseResult, SketchSpec, cka_form, pairwise,
-                                     pairwise_sketches, similarity, sketch, sketch_spec)
+from analysis.similarity.api import (PairwiseResult, SketchSpec, pairwise, pairwise_sketches,
+                                     similarity, sketch, sketch_spec)
+from analysis.similarity.forms import cka_form
 from analysis.similarity.registry import MEASURES, MeasureInfo, resolve_conv
 from analysis.similarity.sketch import Sketch, from_payload, sketch_bytes, to_payload
 

@@ -14,16 +14,15 @@ import numpy as np
 import torch
 
 from analysis.similarity import cka
-from analysis.similarity.inputs import (as_tensor, as_tensors, check_examples, common_size,
-                                        spatial_size, to_matrix)
-from analysis.similarity.kernels import Tile, evaluate
+from analysis.similarity.blocks import Grids, asked_grid, cover, spatial_blocks
+from analysis.similarity.forms import LINEAR_CKA, cka_form
+from analysis.similarity.inputs import (as_sketches, as_tensor, as_tensors, check_examples,
+                                        check_sketches, to_matrix)
+from analysis.similarity.kernels import evaluate
 from analysis.similarity.registry import (PRECISIONS, TOLERANCE, MeasureInfo, get_measure,
                                           resolve_conv, resolve_options)
 from analysis.similarity.sketch import (SKETCH_OPTIONS, Sketch, base_sketch, measure_view,
                                         sketch_kind)
-
-# Above this many rows a packed n x n Gram per representation costs too much memory.
-MAX_GRAM_ROWS = 6000
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ class PairwiseResult:
     b_dim: np.ndarray | None = None
 
 
-def similarity(x: Any, y: Any, measure: str = "linear_cka", *, conv: str = "auto",
+def similarity(x: Any, y: Any, *, measure: str = "linear_cka", conv: str = "auto",
                **options: Any) -> float:
     """The value of `measure` for one pair; NaN when it is null (see `pairwise` for why).
 
@@ -88,11 +87,11 @@ def pairwise(xs: Sequence[Any], ys: Sequence[Any] | None = None, *,
     in `status`; bad arguments raise ValueError."""
     info, mode, merged = _check_call(measure, conv, precision, options)
     dev = _device(device)
-    left = as_tensors(xs, "xs", dev)
-    right = left if ys is None else as_tensors(ys, "ys", dev)
+    left = as_tensors(xs, name="xs", device=dev)
+    right = left if ys is None else as_tensors(ys, name="ys", device=dev)
     check_examples([("xs", left)] + ([] if ys is None else [("ys", right)]))
     same = ys is None
-    grids = _Grids.empty((len(left), len(right)))
+    grids = Grids.empty((len(left), len(right)))
     form = _cka_form(info, left, right, mode, same, merged["max_rows"])
     kind = sketch_kind(info)
     cache: dict[tuple[str, int, Any], Sketch] = {}
@@ -101,11 +100,13 @@ def pairwise(xs: Sequence[Any], ys: Sequence[Any] | None = None, *,
         key = ("x" if same else side, index, target)
         if key not in cache:
             tensors = left if side == "x" or same else right
-            z = to_matrix(tensors[index], mode, target, merged["max_rows"])
-            cache[key] = measure_view(base_sketch(z, kind, merged, form), info, merged)
+            z = to_matrix(tensors[index], mode, target=target, max_rows=merged["max_rows"])
+            base = base_sketch(z, kind, options=merged, form=form)
+            cache[key] = measure_view(base, info, options=merged)
         return cache[key]
 
-    for rows_idx, cols_idx, target, block_same in _blocks(left, right, mode, same):
+    blocks = spatial_blocks(left, right, mode=mode, same=same)
+    for rows_idx, cols_idx, target, block_same in blocks:
         rows = [sketch_of("x", i, target) for i in rows_idx]
         cols = [sketch_of("y", j, target) for j in cols_idx]
         _place_block(grids, info, merged, rows, cols, rows_idx, cols_idx, block_same,
@@ -165,7 +166,7 @@ def sketch_spec(measure: str, shape: Sequence[int], *, conv: str = "auto",
         target = None
     kind = sketch_kind(info)
     choices = {"cca": ("basis",), "nbs": ("factor",)}.get(
-        info.family, ("gram", "features") if info.name in _LINEAR_CKA else ("gram",))
+        info.family, ("gram", "features") if info.name in LINEAR_CKA else ("gram",))
     if form is None:
         form = cka_form(measure, [shape], conv=mode, max_rows=merged["max_rows"]) \
             if len(choices) > 1 else choices[0]
@@ -180,14 +181,14 @@ def sketch_spec(measure: str, shape: Sequence[int], *, conv: str = "auto",
 def sketch(x: Any, spec: SketchSpec, *, device: Any = None) -> Sketch:
     """The sketch of one representation x ([n, p] or [n, c, h, w], tensor or array) under
     `spec`, in float64 on `device`; what `pairwise` computes once per representation."""
-    t = as_tensor(x, "x", _device(device))
+    t = as_tensor(x, name="x", device=_device(device))
     if spec.target is not None and t.ndim == 4 and (
             spec.target[0] > t.shape[2] or spec.target[1] > t.shape[3]):
         raise ValueError(f"x has spatial size {tuple(t.shape[2:])}, smaller than the spec's "
                          f"target {spec.target}; build the spec from x's shape")
     form = "gram" if spec.form in ("basis", "factor") else spec.form
-    z = to_matrix(t, spec.conv, spec.target, spec.options.get("max_rows"))
-    return base_sketch(z, spec.kind, spec.options, form)
+    z = to_matrix(t, spec.conv, target=spec.target, max_rows=spec.options.get("max_rows"))
+    return base_sketch(z, spec.kind, options=spec.options, form=form)
 
 
 def pairwise_sketches(rows: Sequence[Sketch], cols: Sequence[Sketch] | None = None, *,
@@ -203,14 +204,14 @@ def pairwise_sketches(rows: Sequence[Sketch], cols: Sequence[Sketch] | None = No
     own dense network, costs its pairs, not the whole rectangle). conv is only recorded."""
     info, mode, merged = _check_call(measure, conv, precision, options)
     same = cols is None
-    left = _checked_sketches(rows, "rows", info)
-    right = left if same else _checked_sketches(cols, "cols", info)
-    _check_compatible(left + ([] if same else right))
-    left = [measure_view(s, info, merged) for s in left]
-    right = left if same else [measure_view(s, info, merged) for s in right]
-    grids = _Grids.empty((len(left), len(right)))
-    asked = _asked(pairs, len(left), len(right), same)
-    for rows_idx, cols_idx, block_same in _cover(asked, same):
+    left = as_sketches(rows, name="rows", info=info)
+    right = left if same else as_sketches(cols, name="cols", info=info)
+    check_sketches(left + ([] if same else right))
+    left = [measure_view(s, info, options=merged) for s in left]
+    right = left if same else [measure_view(s, info, options=merged) for s in right]
+    grids = Grids.empty((len(left), len(right)))
+    asked = asked_grid(pairs, (len(left), len(right)))
+    for rows_idx, cols_idx, block_same in cover(asked, same=same):
         _place_block(grids, info, merged, [left[i] for i in rows_idx],
                      [right[j] for j in cols_idx], rows_idx, cols_idx, block_same, False,
                      precision)
@@ -219,136 +220,16 @@ def pairwise_sketches(rows: Sequence[Sketch], cols: Sequence[Sketch] | None = No
     return _result(grids, measure, mode, merged, precision)
 
 
-def cka_form(measure: str, shapes: Sequence[Sequence[int]], pairs: float | None = None, *,
-             conv: str = "auto", max_rows: int | None = None) -> str:
-    """"gram" (packed n x n Grams, one product per tile) or "features" (stacked features),
-    whichever costs fewer multiply-adds for `pairs` pairs among representations of `shapes`
-    (one shape per representation); None: many pairs per representation (the all-pairs
-    limit). Above MAX_GRAM_ROWS rows a Gram costs too much memory. Only linear kernels have
-    a choice: "gram" for every other measure."""
-    info = get_measure(measure)
-    if info.name not in _LINEAR_CKA:
-        return "gram"
-    mode = resolve_conv(measure, conv)
-    matrices = [_matrix_shape(shape, mode) for shape in shapes]
-    rows = int(shapes[0][0]) * matrices[0][0]
-    if mode == "spatial" and max_rows is not None:
-        rows = min(rows, max_rows)
-    if rows > MAX_GRAM_ROWS:
-        return "features"
-    count = len(matrices)
-    mean_p = sum(m[1] for m in matrices) / count
-    if pairs is None:
-        return "gram" if rows * rows / 2 <= rows * mean_p * mean_p else "features"
-    gram_cost = count * rows * rows * mean_p + pairs * rows * rows / 2
-    feature_cost = (pairs + count) * rows * mean_p * mean_p
-    return "gram" if gram_cost <= feature_cost else "features"
-
-
-_LINEAR_CKA = ("linear_cka", "linear_cka_debiased")
-
-
-def _matrix_shape(shape: Sequence[int], mode: str) -> tuple[int, int]:
-    """(rows per example, features) of `to_matrix` of a representation of `shape`, before
-    any pooling or row stride."""
-    if len(shape) == 2:
-        return 1, int(shape[1])
-    c, h, w = (int(d) for d in shape[1:])
-    return {"flatten": (1, c * h * w), "avgpool": (1, c), "spatial": (h * w, c)}[mode]
-
-
-def _checked_sketches(sketches: Any, name: str, info: MeasureInfo) -> list[Sketch]:
-    if isinstance(sketches, Sketch) or not isinstance(sketches, Sequence) or not sketches:
-        raise ValueError(f"{name} must be a non-empty sequence of Sketch; got "
-                         f"{type(sketches).__name__}")
-    kind = sketch_kind(info)
-    for i, s in enumerate(sketches):
-        if not isinstance(s, Sketch):
-            raise ValueError(f"{name}[{i}] has type {type(s).__name__}; expected a Sketch")
-        if s.kind != kind:
-            raise ValueError(f"{name}[{i}] is a {s.kind or 'hand-built'!r} sketch; measure "
-                             f"{info.name!r} needs kind {kind!r} (see sketch_spec)")
-    return list(sketches)
-
-
-def _check_compatible(sketches: Sequence[Sketch]) -> None:
-    """One row count and one factor layout (CKA's Gram or feature form) across all."""
-    rows = {s.n for s in sketches}
-    if len(rows) > 1:
-        raise ValueError(f"sketches have different row counts {sorted(rows)}; expected one "
-                         "probe set (and one spatial target)")
-    layouts = {s.factor.ndim for s in sketches if s.status == "ok" and s.factor is not None}
-    if len(layouts) > 1:
-        raise ValueError("sketches mix the gram and features forms; expected one form")
-
-
-def _asked(pairs: Sequence[tuple[int, int]] | None, m: int, n: int, same: bool) -> np.ndarray:
-    """[m, n] bool grid of the pairs asked for (all of them when pairs is None)."""
-    if pairs is None:
-        return np.ones((m, n), dtype=bool)
-    grid = np.zeros((m, n), dtype=bool)
-    for k, pair in enumerate(pairs):
-        i, j = (int(v) for v in pair)
-        if not (0 <= i < m and 0 <= j < n):
-            raise ValueError(f"pairs[{k}] = {tuple(pair)} is out of range; expected indices "
-                             f"below ({m}, {n})")
-        grid[i, j] = True
-    return grid
-
-
-# Evaluate the whole rectangle once the connected blocks would cover this much of it: one
-# batched call then costs about what the blocks do, with fewer, larger products.
-_DENSE_FILL = 0.5
-
-
-def _cover(asked: np.ndarray, same: bool) -> list[tuple[list[int], list[int], bool]]:
-    """Blocks (rows, cols, symmetric) whose evaluation covers every asked pair: the connected
-    components of the bipartite pair graph (of the one-sided graph when `same`), or the whole
-    grid when the components fill more than half of it."""
-    m, n = asked.shape
-    if asked.all():
-        return [(list(range(m)), list(range(n)), same)]
-    parent = list(range(m if same else m + n))
-
-    def root(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for i, j in zip(*np.nonzero(asked)):
-        parent[root(int(i))] = root(int(j) if same else m + int(j))
-    members: dict[int, tuple[list[int], list[int]]] = {}
-    for i, j in zip(*np.nonzero(asked)):
-        block = members.setdefault(root(int(i)), ([], []))
-        block[0].append(int(i))
-        block[1].append(int(j))
-    blocks = []
-    for rows, cols in members.values():
-        if same:
-            both = sorted(set(rows) | set(cols))
-            blocks.append((both, both, True))
-        else:
-            blocks.append((sorted(set(rows)), sorted(set(cols)), False))
-    cells = sum(len(r) * (len(r) + 1) / 2 if s else len(r) * len(c) for r, c, s in blocks)
-    whole = m * (m + 1) / 2 if same else m * n
-    if cells > _DENSE_FILL * whole:
-        rows = sorted({i for r, _, _ in blocks for i in r})
-        cols = rows if same else sorted({j for _, c, _ in blocks for j in c})
-        return [(rows, cols, same)]
-    return blocks
-
-
-def _place_block(grids: "_Grids", info: MeasureInfo, merged: Mapping[str, Any],
+def _place_block(grids: Grids, info: MeasureInfo, merged: Mapping[str, Any],
                  rows: Sequence[Sketch], cols: Sequence[Sketch], rows_idx: list[int],
                  cols_idx: list[int], block_same: bool, mirror: bool, precision: str) -> None:
-    tile = evaluate(info, merged, rows, cols, same=block_same, precision=precision)
+    block = evaluate(info, merged, rows=rows, cols=cols, same=block_same, precision=precision)
     dims = (np.array([s.dim for s in rows]), np.array([s.dim for s in cols]))
-    grids.place(tile, rows_idx, cols_idx, dims if info.family == "cca" else None,
-                mirror=mirror)
+    grids.place(block, rows_idx=rows_idx, cols_idx=cols_idx,
+                dims=dims if info.family == "cca" else None, mirror=mirror)
 
 
-def _result(grids: "_Grids", measure: str, mode: str, merged: Mapping[str, Any],
+def _result(grids: Grids, measure: str, mode: str, merged: Mapping[str, Any],
             precision: str) -> PairwiseResult:
     return PairwiseResult(values=grids.values, status=grids.status, measure=measure,
                           conv=mode, options=MappingProxyType(dict(merged)),
@@ -356,76 +237,14 @@ def _result(grids: "_Grids", measure: str, mode: str, merged: Mapping[str, Any],
                           a_dim=grids.a_dim, b_dim=grids.b_dim)
 
 
-@dataclass(frozen=True)
-class _Grids:
-    """The [M, N] outputs of `pairwise`, filled block by block."""
-
-    values: torch.Tensor
-    status: np.ndarray
-    a_dim: np.ndarray
-    b_dim: np.ndarray
-
-    @classmethod
-    def empty(cls, shape: tuple[int, int]) -> "_Grids":
-        return cls(values=torch.full(shape, float("nan"), dtype=torch.float64),
-                   status=np.full(shape, "ok", dtype="<U16"), a_dim=np.full(shape, -1),
-                   b_dim=np.full(shape, -1))
-
-    def place(self, tile: Tile, rows_idx: list[int], cols_idx: list[int],
-              dims: tuple[np.ndarray, np.ndarray] | None, *, mirror: bool) -> None:
-        """Write a block; `mirror` also writes its transpose (pairs (cols, rows))."""
-        grid, flipped = np.ix_(rows_idx, cols_idx), np.ix_(cols_idx, rows_idx)
-        self.values[grid] = tile.forward
-        self.status[grid] = tile.status
-        if dims is not None:
-            self.a_dim[grid] = dims[0][:, None]
-            self.b_dim[grid] = dims[1][None, :]
-        if mirror:
-            self.values[flipped] = tile.backward.T
-            self.status[flipped] = tile.status.T
-            self.a_dim[flipped] = self.b_dim[grid].T
-            self.b_dim[flipped] = self.a_dim[grid].T
-
-    def skip(self, where: np.ndarray) -> None:
-        """Mark pairs that were not asked for: NaN, status "skipped", no dimensions."""
-        self.values[torch.from_numpy(where)] = float("nan")
-        self.status[where] = "skipped"
-        self.a_dim[where] = -1
-        self.b_dim[where] = -1
-
-
-def _blocks(left: Sequence[torch.Tensor], right: Sequence[torch.Tensor], mode: str,
-            same: bool) -> list[tuple[list[int], list[int], Any, bool]]:
-    """Blocks of pairs sharing one reduction: in `spatial` mode, pairs of layers with
-    different h x w are pooled to the smaller size, so rows are grouped by spatial size."""
-    if mode != "spatial":
-        return [(list(range(len(left))), list(range(len(right))), None, same)]
-    by_left: dict[tuple[int, int], list[int]] = {}
-    by_right: dict[tuple[int, int], list[int]] = {}
-    for i, x in enumerate(left):
-        by_left.setdefault(spatial_size(x), []).append(i)
-    for j, y in enumerate(right):
-        by_right.setdefault(spatial_size(y), []).append(j)
-    blocks = []
-    sizes_left, sizes_right = list(by_left), list(by_right)
-    for a, size_a in enumerate(sizes_left):
-        for b, size_b in enumerate(sizes_right):
-            if same and b < a:
-                continue
-            block_same = same and a == b
-            blocks.append((by_left[size_a], by_right[size_b], common_size(size_a, size_b),
-                           block_same))
-    return blocks
-
-
 def _cka_form(info: MeasureInfo, left: Sequence[torch.Tensor],
               right: Sequence[torch.Tensor], mode: str, same: bool,
               max_rows: int | None) -> str:
     """`cka_form` for all pairs of `pairwise`'s arguments."""
-    if info.name not in _LINEAR_CKA:
+    if info.name not in LINEAR_CKA:
         return "gram"
     tensors = list(left) if same else list(left) + list(right)
     count = len(tensors)
     pairs = count * (count + 1) / 2 if same else len(left) * len(right)
-    return cka_form(info.name, [tuple(t.shape) for t in tensors], pairs, conv=mode,
+    return cka_form(info.name, [tuple(t.shape) for t in tensors], pairs=pairs, conv=mode,
                     max_rows=max_rows)

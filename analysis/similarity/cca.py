@@ -13,16 +13,6 @@ from analysis.similarity.sketch import Sketch, fewest_reaching
 from analysis.similarity.spectra import side_vectors, singular_values
 
 
-def pair_status(a: Sketch, b: Sketch, name: str) -> str:
-    """"ok", or why the pair is null: a constant side, or a (reduced) dimension reaching n - 1,
-    where every canonical correlation is 1 (Kornblith et al. 2019)."""
-    for side in (a, b):
-        if side.status != "ok":
-            return side.status
-    dims = (a.dim, b.dim) if name == "svcca" else (a.rank, b.rank)
-    return "degenerate" if max(dims) >= a.n - 1 else "ok"
-
-
 def mean_cca(blocks: torch.Tensor, options: Mapping[str, Any]) -> torch.Tensor:
     """Mean of all min(ra, rb) canonical correlations, or of the leading ones reaching
     `truncate` of their sum (google/svcca's result['mean']). blocks: [B, ra, rb] -> [B]."""

@@ -135,7 +135,7 @@ def warn_rbf_threshold(threshold: float) -> None:
                       UserWarning, stacklevel=4)
 
 
-def debiased_from_products(xty_sq: torch.Tensor, rows_dot: torch.Tensor,
+def debiased_from_products(xty_sq: torch.Tensor, rows_dot: torch.Tensor, *,
                            sq_a: torch.Tensor, sq_b: torch.Tensor, n: int) -> torch.Tensor:
     """n(n-3) HSIC_unbiased from features (Kornblith et al.'s debiased helper), batched.
 

@@ -1,4 +1,5 @@
-"""Input checks and the reduction of conv activations [n, c, h, w] to matrices [rows, features]."""
+"""Input checks (representations and sketches) and the reduction of conv activations
+[n, c, h, w] to matrices [rows, features]."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from analysis.similarity.registry import MeasureInfo
+from analysis.similarity.sketch import Sketch, sketch_kind
+
 Spatial = tuple[int, int]
 
 
-def as_tensor(x: Any, name: str, device: torch.device) -> torch.Tensor:
+def as_tensor(x: Any, *, name: str, device: torch.device) -> torch.Tensor:
     """`x` ([n, p] or [n, c, h, w], tensor or array) as float64 on `device`, checked."""
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.asarray(x))
@@ -33,14 +37,14 @@ def as_tensor(x: Any, name: str, device: torch.device) -> torch.Tensor:
     return x
 
 
-def as_tensors(xs: Any, name: str, device: torch.device) -> list[torch.Tensor]:
+def as_tensors(xs: Any, *, name: str, device: torch.device) -> list[torch.Tensor]:
     """A non-empty sequence of representations as float64 tensors on `device`."""
     if isinstance(xs, (torch.Tensor, np.ndarray)) or not isinstance(xs, Sequence):
         raise ValueError(f"{name} has type {type(xs).__name__}; expected a sequence (list "
                          "or tuple) of tensors or arrays")
     if len(xs) == 0:
         raise ValueError(f"{name} is empty; expected at least one representation")
-    return [as_tensor(x, f"{name}[{i}]", device) for i, x in enumerate(xs)]
+    return [as_tensor(x, name=f"{name}[{i}]", device=device) for i, x in enumerate(xs)]
 
 
 def check_examples(groups: Sequence[tuple[str, Sequence[torch.Tensor]]]) -> int:
@@ -56,6 +60,33 @@ def check_examples(groups: Sequence[tuple[str, Sequence[torch.Tensor]]]) -> int:
     return n
 
 
+def as_sketches(sketches: Any, *, name: str, info: MeasureInfo) -> list[Sketch]:
+    """A non-empty sequence of sketches of the kind measure `info` needs (see
+    `sketch_kind`), as a list; ValueError naming the first that is not."""
+    if isinstance(sketches, Sketch) or not isinstance(sketches, Sequence) or not sketches:
+        raise ValueError(f"{name} must be a non-empty sequence of Sketch; got "
+                         f"{type(sketches).__name__}")
+    kind = sketch_kind(info)
+    for i, s in enumerate(sketches):
+        if not isinstance(s, Sketch):
+            raise ValueError(f"{name}[{i}] has type {type(s).__name__}; expected a Sketch")
+        if s.kind != kind:
+            raise ValueError(f"{name}[{i}] is a {s.kind or 'hand-built'!r} sketch; measure "
+                             f"{info.name!r} needs kind {kind!r} (see sketch_spec)")
+    return list(sketches)
+
+
+def check_sketches(sketches: Sequence[Sketch]) -> None:
+    """One row count and one factor layout (CKA's Gram or feature form) across all."""
+    rows = {s.n for s in sketches}
+    if len(rows) > 1:
+        raise ValueError(f"sketches have different row counts {sorted(rows)}; expected one "
+                         "probe set (and one spatial target)")
+    layouts = {s.factor.ndim for s in sketches if s.status == "ok" and s.factor is not None}
+    if len(layouts) > 1:
+        raise ValueError("sketches mix the gram and features forms; expected one form")
+
+
 def spatial_size(x: torch.Tensor) -> Spatial:
     """(h, w) of a conv activation; a 2-D representation counts as 1 x 1."""
     return (int(x.shape[2]), int(x.shape[3])) if x.ndim == 4 else (1, 1)
@@ -66,7 +97,7 @@ def common_size(a: Spatial, b: Spatial) -> Spatial:
     return (min(a[0], b[0]), min(a[1], b[1]))
 
 
-def to_matrix(x: torch.Tensor, mode: str, target: Spatial | None = None,
+def to_matrix(x: torch.Tensor, mode: str, *, target: Spatial | None = None,
               max_rows: int | None = None) -> torch.Tensor:
     """Reduce `x` to a matrix for one conv `mode`.
 

@@ -24,9 +24,11 @@ TILE_COLUMNS = 2048
 
 
 @dataclass(frozen=True)
-class Tile:
-    """Values of all pairs (rows[i], cols[j]); `backward` holds value(cols[j], rows[i]) (it
-    differs from `forward` only for the order-dependent PWCCAs). forward, backward: [M, N]."""
+class BlockValues:
+    """The evaluated values of one block of pairs (rows[i], cols[j]): `forward` holds
+    value(rows[i], cols[j]), `backward` value(cols[j], rows[i]) (it differs from `forward`
+    only for the order-dependent PWCCAs), `status` "ok" or why a pair is null.
+    forward, backward: [M, N] float64; status: [M, N] str."""
 
     forward: torch.Tensor
     backward: torch.Tensor
@@ -89,8 +91,8 @@ def _tile_pairs(rows_chunk: Sequence[int], cols_chunk: Sequence[int], ok: np.nda
             if ok[i, j] and (not same or j >= i)]
 
 
-def evaluate(info: MeasureInfo, options: Mapping[str, Any], rows: Sequence[Sketch],
-             cols: Sequence[Sketch], *, same: bool, precision: str) -> Tile:
+def evaluate(info: MeasureInfo, options: Mapping[str, Any], *, rows: Sequence[Sketch],
+             cols: Sequence[Sketch], same: bool, precision: str) -> BlockValues:
     """All pairs of `rows` x `cols` (`same`: cols is rows, only i <= j is computed)."""
     status = _status_grid(info, rows, cols)
     ok = status == "ok"
@@ -99,7 +101,7 @@ def evaluate(info: MeasureInfo, options: Mapping[str, Any], rows: Sequence[Sketc
     live_rows = [i for i in range(len(rows)) if ok[i].any()]
     live_cols = [j for j in range(len(cols)) if ok[:, j].any()]
     if not live_rows:
-        return Tile(forward, backward, status)
+        return BlockValues(forward, backward, status)
     n = rows[live_rows[0]].n
     packed = rows[live_rows[0]].factor.ndim == 1
     row_sizes = [_size(s, packed) for s in rows]
@@ -131,7 +133,7 @@ def evaluate(info: MeasureInfo, options: Mapping[str, Any], rows: Sequence[Sketc
         upper = torch.triu(torch.ones_like(forward, dtype=torch.bool))
         forward = torch.where(upper, forward, backward.T)
         backward = forward.T.clone()
-    return Tile(forward, backward, status)
+    return BlockValues(forward, backward, status)
 
 
 def _floats(values: Sequence[float], device: torch.device) -> torch.Tensor:
@@ -160,8 +162,8 @@ def _cka_tile(info: MeasureInfo, rows: Sequence[Sketch], cols: Sequence[Sketch],
             rows_c = torch.stack([cols[j].extras["rows"] for j in cols_chunk])
             sq_r = _floats([rows[i].extras["sq"] for i in rows_chunk], device)
             sq_c = _floats([cols[j].extras["sq"] for j in cols_chunk], device)
-            product = cka.debiased_from_products(product, rows_r @ rows_c.T, sq_r, sq_c,
-                                                 rows[rows_chunk[0]].n)
+            product = cka.debiased_from_products(product, rows_r @ rows_c.T, sq_a=sq_r,
+                                                 sq_b=sq_c, n=rows[rows_chunk[0]].n)
     norm_r = _floats([rows[i].norm for i in rows_chunk], device)
     norm_c = _floats([cols[j].norm for j in cols_chunk], device)
     values = product / (norm_r[:, None] * norm_c[None, :])
@@ -188,7 +190,7 @@ def _pair_tile(info: MeasureInfo, options: Mapping[str, Any], rows: Sequence[Ske
                     col_at[col_pos[j]]:col_at[col_pos[j] + 1]] for i, j in group])
         sides = [(rows[i], cols[j]) for i, j in group]
         parts = map_chunks(lambda a, b: _guarded(info, options, blocks[a:b], sides[a:b]),
-                           len(group), blocks.device)
+                           len(group), device=blocks.device)
         fwd = torch.cat([part[0] for part in parts])
         bwd = torch.cat([part[1] for part in parts])
         index = tuple(torch.tensor(axis) for axis in zip(*group))
@@ -201,19 +203,20 @@ def _guarded(info: MeasureInfo, options: Mapping[str, Any], blocks: torch.Tensor
     """pair_values, retried pair by pair if a decomposition fails to converge; a pair that
     still fails is NaN (status "linalg_error") rather than an exception out of the batch."""
     try:
-        return pair_values(info, options, blocks, sides)
+        return pair_values(info, options, blocks=blocks, sides=sides)
     except torch.linalg.LinAlgError:
         values = []
         for k in range(blocks.shape[0]):
             try:
-                values.append(pair_values(info, options, blocks[k:k + 1], sides[k:k + 1]))
+                values.append(pair_values(info, options, blocks=blocks[k:k + 1],
+                                          sides=sides[k:k + 1]))
             except torch.linalg.LinAlgError:
                 nan = blocks.new_full((1,), float("nan"))
                 values.append((nan, nan))
         return torch.cat([v[0] for v in values]), torch.cat([v[1] for v in values])
 
 
-def pair_values(info: MeasureInfo, options: Mapping[str, Any], blocks: torch.Tensor,
+def pair_values(info: MeasureInfo, options: Mapping[str, Any], *, blocks: torch.Tensor,
                 sides: Sequence[tuple[Sketch, Sketch]]) -> tuple[torch.Tensor, torch.Tensor]:
     """(value(a, b), value(b, a)) for a batch of same-shape blocks [B, da, db]."""
     name = info.name
@@ -231,7 +234,7 @@ def pair_values(info: MeasureInfo, options: Mapping[str, Any], blocks: torch.Ten
         device = blocks.device
         norms_a = _floats([a.norm for a, _ in sides], device)
         norms_b = _floats([b.norm for _, b in sides], device)
-        values = nbs.nbs(blocks, norms_a, norms_b)
+        values = nbs.nbs(blocks, norms_a=norms_a, norms_b=norms_b)
         if name == "procrustes":
             values = nbs.procrustes(values, max(blocks.shape[-2:]))
     if info.clipped and name != "procrustes":

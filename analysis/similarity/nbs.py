@@ -12,7 +12,7 @@ from analysis.similarity.spectra import singular_values
 EPS = torch.finfo(torch.float64).eps
 
 
-def nbs(blocks: torch.Tensor, norms_a: torch.Tensor, norms_b: torch.Tensor) -> torch.Tensor:
+def nbs(blocks: torch.Tensor, *, norms_a: torch.Tensor, norms_b: torch.Tensor) -> torch.Tensor:
     """||Xc_a^T Xc_b||_* / (||Xc_a||_F ||Xc_b||_F), clipped to [0, 1].
 
     blocks: [B, fa, fb]; norms_a, norms_b: [B] Frobenius norms of the centred inputs."""

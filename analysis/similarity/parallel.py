@@ -38,7 +38,7 @@ def _one_intra_op_thread() -> Iterator[int]:
         torch.set_num_threads(previous)
 
 
-def map_chunks(fn: Callable[[int, int], T], count: int, device: torch.device) -> list[T]:
+def map_chunks(fn: Callable[[int, int], T], count: int, *, device: torch.device) -> list[T]:
     """[fn(start, stop) for consecutive chunks of range(count)], on CPU one chunk per core.
 
     fn must only read shared state; chunks keep their order in the result."""

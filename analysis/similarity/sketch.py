@@ -59,7 +59,7 @@ def centre(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return zc, live, means
 
 
-def thin_svd(zc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def ranked_svd(zc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rank-aware thin SVD: (U [n, r], s [r], Vh [r, p]) keeping s_i > max(n, p) eps s_1."""
     u, s, vh = spectra.thin_svd(zc)
     if s.numel() == 0 or not bool(s[0] > 0):
@@ -84,7 +84,7 @@ def cca_sketch(z: torch.Tensor) -> Sketch:
     units = int(live.sum())
     if units == 0:
         return Sketch(n=n, status="constant")
-    u, s, vh = thin_svd(zc)
+    u, s, vh = ranked_svd(zc)
     rank = int(s.numel())
     # <h_i, x_j> for a canonical variate h_i = U a_i and a centred unit x_j is
     # (a_i^T S V^T)_j, so S V^T (over live units) is all the PWCCA weights need.
@@ -94,7 +94,7 @@ def cca_sketch(z: torch.Tensor) -> Sketch:
                   extras=MappingProxyType(extras))
 
 
-def measure_view(sketch: Sketch, info: MeasureInfo, options: Mapping[str, Any]) -> Sketch:
+def measure_view(sketch: Sketch, info: MeasureInfo, *, options: Mapping[str, Any]) -> Sketch:
     """The sketch as measure `info` uses it: SVCCA keeps the fewest leading directions of the
     "cca" basis whose squared singular values reach `variance` of the total; every other
     measure uses its kind's sketch as it is."""
@@ -117,13 +117,13 @@ def nbs_sketch(z: torch.Tensor) -> Sketch:
     if units <= n:
         factor = zc[:, live]
     else:
-        u, s, _ = thin_svd(zc)
+        u, s, _ = ranked_svd(zc)
         factor = u * s
     return Sketch(n=n, status="ok", dim=int(factor.shape[1]), rank=int(factor.shape[1]),
                   units=units, factor=factor, norm=float(zc.norm()))
 
 
-def cka_sketch(z: torch.Tensor, info: MeasureInfo, options: Mapping[str, Any],
+def cka_sketch(z: torch.Tensor, info: MeasureInfo, *, options: Mapping[str, Any],
                form: str) -> Sketch:
     """Gram-form sketch (packed centred Gram, [L]) or feature-form sketch (Zc, [n, p])."""
     n = z.shape[0]
@@ -179,7 +179,7 @@ SKETCH_OPTIONS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "linear_cka_minibatch": ("batch_size",), "rbf_cka": ("threshold",)})
 
 
-def base_sketch(z: torch.Tensor, kind: str, options: Mapping[str, Any],
+def base_sketch(z: torch.Tensor, kind: str, *, options: Mapping[str, Any],
                 form: str = "gram") -> Sketch:
     """The sketch of `kind` (see `sketch_kind`) of one reduced representation z: [n, p]; an
     SVD that fails to converge gives status "linalg_error" (null pairs), not an exception."""
@@ -189,16 +189,17 @@ def base_sketch(z: torch.Tensor, kind: str, options: Mapping[str, Any],
         elif kind == "nbs":
             built = nbs_sketch(z)
         else:
-            built = cka_sketch(z, get_measure(kind), options, form)
+            built = cka_sketch(z, get_measure(kind), options=options, form=form)
     except torch.linalg.LinAlgError:
         built = Sketch(n=z.shape[0], status="linalg_error")
     return replace(built, kind=kind)
 
 
-def build_sketch(z: torch.Tensor, info: MeasureInfo, options: Mapping[str, Any],
+def build_sketch(z: torch.Tensor, info: MeasureInfo, *, options: Mapping[str, Any],
                  form: str = "gram") -> Sketch:
     """The sketch of one reduced representation z: [n, p] as measure `info` uses it."""
-    return measure_view(base_sketch(z, sketch_kind(info), options, form), info, options)
+    base = base_sketch(z, sketch_kind(info), options=options, form=form)
+    return measure_view(base, info, options=options)
 
 
 def sketch_bytes(sketch: Sketch) -> int:

@@ -80,7 +80,7 @@ def test_values_agree_with_the_library(workdir):
     for row in rows.iter_rows(named=True):
         x = acts[(row["a_checkpoint_id"], row["a_layer"])]
         y = acts[(row["b_checkpoint_id"], row["b_layer"])]
-        expected = similarity(x, y, row["measure"])
+        expected = similarity(x, y, measure=row["measure"])
         assert row["value"] == pytest.approx(expected, abs=1e-10), row
 
 

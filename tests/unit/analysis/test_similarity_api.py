@@ -50,12 +50,13 @@ def test_resolve_conv_follows_the_seed_papers():
 
 
 @pytest.mark.parametrize("call,match", [
-    (lambda x, y: similarity(x, y, "ckaa"), r"unknown measure 'ckaa'; expected one of"),
-    (lambda x, y: similarity(x, y, "nbs", conv="pool"), r"unknown conv 'pool'"),
-    (lambda x, y: similarity(x, y, "nbs", thresh=1), r"unknown option 'thresh'.*'max_rows'"),
-    (lambda x, y: similarity(x, y, "rbf_cka", threshold=-1), r"threshold=-1"),
-    (lambda x, y: similarity(x, y, "svcca", variance=1.5), r"variance=1.5"),
-    (lambda x, y: similarity(x, y, "linear_cka_minibatch", batch_size=3), r"batch_size=3"),
+    (lambda x, y: similarity(x, y, measure="ckaa"), r"unknown measure 'ckaa'; expected one of"),
+    (lambda x, y: similarity(x, y, measure="nbs", conv="pool"), r"unknown conv 'pool'"),
+    (lambda x, y: similarity(x, y, measure="nbs", thresh=1),
+     r"unknown option 'thresh'.*'max_rows'"),
+    (lambda x, y: similarity(x, y, measure="rbf_cka", threshold=-1), r"threshold=-1"),
+    (lambda x, y: similarity(x, y, measure="svcca", variance=1.5), r"variance=1.5"),
+    (lambda x, y: similarity(x, y, measure="linear_cka_minibatch", batch_size=3), r"batch_size=3"),
     (lambda x, y: similarity(x, y[:10]), r"ys\[0\] has 10 examples.*expected 30"),
     (lambda x, y: similarity(x[0], y), r"xs\[0\] has shape \(5,\) \(rank 1\)"),
     (lambda x, y: similarity(x[None], y), r"rank 3"),
@@ -86,7 +87,7 @@ def test_result_records_conv_options_and_tolerance():
 
 def test_numpy_and_torch_inputs_agree():
     x, y = _pair(2)
-    assert similarity(x.numpy(), y.numpy(), "pwcca") == similarity(x, y, "pwcca")
+    assert similarity(x.numpy(), y.numpy(), measure="pwcca") == similarity(x, y, measure="pwcca")
     assert similarity(x.float(), y.float()) == pytest.approx(
         similarity(x.float().double(), y.float().double()), abs=1e-15)
 
@@ -94,7 +95,7 @@ def test_numpy_and_torch_inputs_agree():
 def test_small_rbf_threshold_warns():
     x, y = _pair(3)
     with pytest.warns(UserWarning, match="threshold"):
-        similarity(x, y, "rbf_cka", threshold=0.2)
+        similarity(x, y, measure="rbf_cka", threshold=0.2)
 
 
 def test_fast_precision_states_its_tolerance():

@@ -36,7 +36,8 @@ def _id(item) -> str:
 def test_similarity_matches_golden_value(item):
     _, case, entry = item
     x, y = INPUTS[case["X"]], INPUTS[case["Y"]]
-    got = similarity(x, y, entry["measure"], conv=entry["conv"] or "auto", **entry["options"])
+    got = similarity(x, y, measure=entry["measure"], conv=entry["conv"] or "auto",
+                     **entry["options"])
     if entry["value"] is None:
         assert math.isnan(got)
     else:

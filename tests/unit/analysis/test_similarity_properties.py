@@ -42,7 +42,7 @@ def test_orthogonal_scale_shift_gives_identity_value(name):
     x = _randn(gen, 50, 6)
     q, _ = torch.linalg.qr(_randn(gen, 6, 6))
     expected = 0.0 if MEASURES[name].kind == "distance" else 1.0
-    assert abs(_quiet(similarity, x, 2.5 * x @ q - 1.0, name) - expected) <= 1e-8
+    assert abs(_quiet(similarity, x, 2.5 * x @ q - 1.0, measure=name) - expected) <= 1e-8
 
 
 @pytest.mark.parametrize("name", sorted(MEASURES))
@@ -52,7 +52,7 @@ def test_invertible_map_keeps_only_cca_at_one(name):
     scales = torch.tensor([3.0, 2.0, 1.0, 1.0, 0.1, 0.05], dtype=torch.float64)
     x = _randn(gen, 60, 6) * scales
     value = _quiet(similarity, x, x @ (_randn(gen, 6, 6) + 3 * torch.eye(6, dtype=x.dtype)),
-                   name)
+                   measure=name)
     if name in ("mean_cca", "mean_cca_sq", "pwcca", "pwcca_google"):
         assert abs(value - 1.0) <= 1e-8
     elif name == "procrustes":
@@ -66,7 +66,7 @@ def test_value_decreases_with_noise(name):
     gen = _gen(3)
     x = _randn(gen, 80, 5) @ _randn(gen, 5, 8)
     noise = _randn(gen, 80, 8)
-    values = [_quiet(similarity, x, x + level * noise, name) for level in (0.1, 0.3, 1, 3)]
+    values = [_quiet(similarity, x, x + level * noise, measure=name) for level in (0.1, 0.3, 1, 3)]
     if MEASURES[name].kind == "distance":
         values = [-v for v in values]
     assert all(a > b for a, b in zip(values, values[1:])), values
@@ -75,8 +75,8 @@ def test_value_decreases_with_noise(name):
 @pytest.mark.parametrize("name", sorted(MEASURES))
 def test_tiny_scale_changes_nothing(name):
     x, y = _layers(4)[:2]
-    assert abs(_quiet(similarity, 1e-6 * x, 1e-6 * y, name)
-               - _quiet(similarity, x, y, name)) <= 1e-8
+    assert abs(_quiet(similarity, 1e-6 * x, 1e-6 * y, measure=name)
+               - _quiet(similarity, x, y, measure=name)) <= 1e-8
 
 
 @pytest.mark.parametrize("name", CCA_NULL_AT_FULL_RANK)
@@ -100,7 +100,8 @@ def test_dead_units_are_dropped_not_counted():
     x, y = _layers(7)[:2]
     padded = torch.cat([x, torch.zeros(x.shape[0], 3, dtype=x.dtype)], dim=1)
     for name in MEASURES:
-        assert abs(_quiet(similarity, padded, y, name) - _quiet(similarity, x, y, name)) <= 1e-10
+        assert abs(_quiet(similarity, padded, y, measure=name)
+                   - _quiet(similarity, x, y, measure=name)) <= 1e-10
     result = pairwise([padded], [y], measure="mean_cca")
     assert result.a_dim[0, 0] == x.shape[1] and result.b_dim[0, 0] == y.shape[1]
 
@@ -111,8 +112,8 @@ def test_pairwise_equals_similarity_matrix(name):
     gen = _gen(8)
     layers.append(torch.relu(_randn(gen, 40, 9)))
     result = _quiet(pairwise, layers, measure=name)
-    expected = torch.tensor([[_quiet(similarity, a, b, name) for b in layers] for a in layers],
-                            dtype=torch.float64)
+    expected = torch.tensor([[_quiet(similarity, a, b, measure=name) for b in layers]
+                             for a in layers], dtype=torch.float64)
     torch.testing.assert_close(result.values, expected, atol=1e-10, rtol=0, equal_nan=True)
     if MEASURES[name].symmetric:
         torch.testing.assert_close(result.values, result.values.T, atol=1e-12, rtol=0)
@@ -131,7 +132,7 @@ def test_pairwise_rectangular_and_conv_blocks(name):
         assert result.values.shape == (3, 2) and result.status.shape == (3, 2)
         for i, x in enumerate(xs):
             for j, y in enumerate(ys):
-                expected = _quiet(similarity, x, y, name, conv=conv)
+                expected = _quiet(similarity, x, y, measure=name, conv=conv)
                 got = float(result.values[i, j])
                 assert (math.isnan(got) and math.isnan(expected)) or abs(got - expected) <= 1e-10
 
@@ -140,9 +141,10 @@ def test_pwcca_order_depends_only_on_ties():
     gen = _gen(10)
     x, y = _randn(gen, 50, 5), _randn(gen, 50, 8)
     y = y + x @ _randn(gen, 5, 8)
-    assert similarity(x, y, "pwcca") == pytest.approx(similarity(y, x, "pwcca"), abs=1e-12)
+    assert similarity(x, y, measure="pwcca") == pytest.approx(similarity(y, x, measure="pwcca"),
+                                                              abs=1e-12)
     z = _randn(gen, 50, 5) + x
-    forward, backward = similarity(x, z, "pwcca"), similarity(z, x, "pwcca")
+    forward, backward = similarity(x, z, measure="pwcca"), similarity(z, x, measure="pwcca")
     result = pairwise([x, z], measure="pwcca")
     assert float(result.values[0, 1]) == pytest.approx(forward, abs=1e-12)
     assert float(result.values[1, 0]) == pytest.approx(backward, abs=1e-12)
@@ -151,17 +153,18 @@ def test_pwcca_order_depends_only_on_ties():
 def test_debiased_cka_is_not_clipped_and_differs_when_n_lt_p():
     gen = _gen(11)
     x, y = _randn(gen, 20, 60), _randn(gen, 20, 50)
-    biased, debiased = similarity(x, y, "linear_cka"), similarity(x, y, "linear_cka_debiased")
+    biased = similarity(x, y, measure="linear_cka")
+    debiased = similarity(x, y, measure="linear_cka_debiased")
     assert biased > 0.5 and abs(debiased) < 0.2
 
 
 def test_minibatch_drops_a_final_batch_below_four_rows():
     x, y = _layers(12, n=43)[:2]
-    assert similarity(x, y, "linear_cka_minibatch", batch_size=20) == pytest.approx(
-        similarity(x[:40], y[:40], "linear_cka_minibatch", batch_size=20), abs=1e-12)
+    assert similarity(x, y, measure="linear_cka_minibatch", batch_size=20) == pytest.approx(
+        similarity(x[:40], y[:40], measure="linear_cka_minibatch", batch_size=20), abs=1e-12)
     # 43 = 3 * 13 + 4: a final batch of 4 rows counts.
-    assert similarity(x, y, "linear_cka_minibatch", batch_size=13) != pytest.approx(
-        similarity(x[:39], y[:39], "linear_cka_minibatch", batch_size=13), abs=1e-6)
+    assert similarity(x, y, measure="linear_cka_minibatch", batch_size=13) != pytest.approx(
+        similarity(x[:39], y[:39], measure="linear_cka_minibatch", batch_size=13), abs=1e-6)
 
 
 def test_few_rows_are_null_for_debiased_cka():
@@ -180,8 +183,8 @@ def test_rbf_zero_bandwidth_is_null():
 
 def test_nbs_relatives():
     x, y = _layers(15)[:2]
-    nbs = similarity(x, y, "nbs")
-    assert similarity(x, y, "procrustes") == pytest.approx(math.acos(nbs), abs=1e-12)
+    nbs = similarity(x, y, measure="nbs")
+    assert similarity(x, y, measure="procrustes") == pytest.approx(math.acos(nbs), abs=1e-12)
     np.testing.assert_allclose(pairwise([x, y], measure="procrustes").values.cos(),
                                pairwise([x, y], measure="nbs").values, atol=1e-12)
 
@@ -196,7 +199,7 @@ def test_gram_and_feature_forms_agree(name):
     info, options = MEASURES[name], resolve_options(name, {})
     forward = []
     for form in ("gram", "features"):
-        sketches = [build_sketch(z, info, options, form) for z in layers]
-        forward.append(evaluate(info, options, sketches, sketches, same=True,
+        sketches = [build_sketch(z, info, options=options, form=form) for z in layers]
+        forward.append(evaluate(info, options, rows=sketches, cols=sketches, same=True,
                                 precision="exact").forward)
     torch.testing.assert_close(forward[0], forward[1], atol=1e-12, rtol=0)

@@ -273,7 +273,8 @@ def test_pwcca_with_tied_correlations_does_not_depend_on_row_order():
     not follow it (a permutation of the examples changes the solver's path)."""
     x, y = CASES["intersecting_spans"]
     order = _rng(5).permutation(x.shape[0])
-    first, second = similarity(x, y, "pwcca"), similarity(x[order], y[order], "pwcca")
+    first = similarity(x, y, measure="pwcca")
+    second = similarity(x[order], y[order], measure="pwcca")
     assert not math.isnan(first)
     assert abs(first - second) <= TOL
     assert abs(first - ref_pwcca(x, y)) <= TOL
@@ -283,7 +284,7 @@ def test_pwcca_with_tied_correlations_does_not_depend_on_row_order():
 def test_pwcca_google_within_the_sign_spread_of_numpy_signs(case):
     x, y = CASES[case]
     expected = ref_pwcca_google(x, y, signs="numpy")
-    got = similarity(x, y, "pwcca_google")
+    got = similarity(x, y, measure="pwcca_google")
     assert (math.isnan(got) and math.isnan(expected)) or abs(got - expected) <= GOOGLE_TOL
 
 
@@ -294,7 +295,7 @@ def test_similarity_matches_textbook_formula(case, name, options):
     x, y = CASES[case]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        got = similarity(x, y, name, **options)
+        got = similarity(x, y, measure=name, **options)
     expected = REFERENCES[name](x, y, **options)
     if math.isnan(expected):
         assert math.isnan(got), (case, name, got)
@@ -335,7 +336,7 @@ def test_conv_modes_match_textbook_formula(case, mode, name):
     x, y = CONV_CASES[case]
     target = (min(x.shape[2], y.shape[2]), min(x.shape[3], y.shape[3]))
     expected = REFERENCES[name](_reduce(x, mode, target), _reduce(y, mode, target))
-    got = similarity(x, y, name, conv=mode)
+    got = similarity(x, y, measure=name, conv=mode)
     if math.isnan(expected):
         assert math.isnan(got)
     else:
@@ -347,7 +348,7 @@ def test_spatial_max_rows_keeps_every_kth_row():
     rows_x, rows_y = _reduce(x, "spatial", (4, 4)), _reduce(y, "spatial", (4, 4))
     stride = math.ceil(rows_x.shape[0] / 100)
     expected = ref_linear_cka(rows_x[::stride], rows_y[::stride])
-    got = similarity(x, y, "linear_cka", conv="spatial", max_rows=100)
+    got = similarity(x, y, measure="linear_cka", conv="spatial", max_rows=100)
     assert abs(got - expected) <= TOL
 
 
@@ -372,10 +373,11 @@ def test_mean_cca_matches_eigen_decomposition_of_covariances():
     sxy = xc.T @ yc
     product = np.linalg.solve(xc.T @ xc, sxy) @ np.linalg.solve(yc.T @ yc, sxy.T)
     rho2 = np.sort(np.linalg.eigvals(product).real)[::-1][: min(x.shape[1], y.shape[1])]
-    assert abs(similarity(x, y, "mean_cca") - np.sqrt(rho2.clip(0)).mean()) <= TOL
-    assert abs(similarity(x, y, "mean_cca_sq") - rho2.mean()) <= TOL
+    assert abs(similarity(x, y, measure="mean_cca") - np.sqrt(rho2.clip(0)).mean()) <= TOL
+    assert abs(similarity(x, y, measure="mean_cca_sq") - rho2.mean()) <= TOL
 
 
 def test_linear_cka_matches_gram_form_to_1e12():
     x, y = CASES["correlated"]
-    assert abs(similarity(x, y, "linear_cka") - _cka(x @ x.T, y @ y.T, _hsic_biased)) <= 1e-12
+    assert abs(similarity(x, y, measure="linear_cka")
+               - _cka(x @ x.T, y @ y.T, _hsic_biased)) <= 1e-12

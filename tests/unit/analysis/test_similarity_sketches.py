@@ -54,8 +54,8 @@ def _form(measure, xs, pairs=None, conv="auto"):
     if measure not in ("linear_cka", "linear_cka_debiased"):
         return None
     count = len(xs)
-    return cka_form(measure, [tuple(x.shape) for x in xs], count * (count + 1) / 2 if pairs is None else pairs,
-                    conv=conv)
+    return cka_form(measure, [tuple(x.shape) for x in xs],
+                    pairs=count * (count + 1) / 2 if pairs is None else pairs, conv=conv)
 
 
 @pytest.mark.parametrize("measure", ["pwcca", "svcca", "nbs", "linear_cka"])
@@ -148,9 +148,9 @@ def test_a_sparse_pair_list_evaluates_its_blocks_not_the_rectangle(monkeypatch):
     cells = []
     real = api.evaluate
 
-    def counting(info, options, rows, cols, **kw):
+    def counting(info, options, *, rows, cols, **kw):
         cells.append(len(rows) * len(cols))
-        return real(info, options, rows, cols, **kw)
+        return real(info, options, rows=rows, cols=cols, **kw)
 
     monkeypatch.setattr(api, "evaluate", counting)
     # Each "dense" row i pairs with its own three columns: four 1 x 3 blocks, not 4 x 12.
