@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.plan import LineagePlan, plan_sweep
 from orchestrator.specs import SweepSpec
+from trainables.ids import parse_lineage_id
 from trainables.tracking import (
     TAG, TrackingRef, ensure_experiment, ensure_parent_runs, search_all, set_lineage_status, sweep_members,
 )
@@ -187,7 +188,7 @@ def _trial_configs(todo: list[LineagePlan], workdir: str, tracking: dict[str, di
         item = {"lineage_id": plan.lineage_id, "spec": plan.spec.model_dump(mode="json"), "workdir": workdir,
                 "tracking": tracking[plan.lineage_id]}
         if plan.spec.fuse > 1 and _resumable_fused(check_mode, workdir, plan.lineage_id):
-            key = (plan.lineage_id.rsplit("-s", 1)[0], plan.spec.precision, plan.spec.fuse)
+            key = (parse_lineage_id(plan.lineage_id)[0], plan.spec.precision, plan.spec.fuse)
             groups.setdefault(key, []).append(item)
         else:
             singles.append(item)

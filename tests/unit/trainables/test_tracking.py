@@ -4,6 +4,7 @@ from __future__ import annotations
 from mlflow.tracking import MlflowClient
 
 from trainables import lineage_id
+from trainables.ids import parse_lineage_id
 from trainables.tracking import KIND_LINEAGE, TAG, ensure_parent_run, ensure_parent_runs, search_all, tag_filter
 
 
@@ -22,7 +23,7 @@ def test_parent_runs_are_created_once_and_joined_to_every_sweep(tiny_spec, tmp_p
     assert len(runs) == 3  # no duplicates
     for run in runs:
         assert run.data.tags[f"{TAG}sweep.new"] == "1"
-        assert run.data.params["seed"] == run.data.tags[f"{TAG}lineage_id"].rsplit("-s", 1)[1]
+        assert run.data.params["seed"] == str(parse_lineage_id(run.data.tags[f"{TAG}lineage_id"])[1])
     shared = client.get_run(earlier)
     assert shared.data.tags[f"{TAG}sweep.old"] == "1" and shared.data.tags[f"{TAG}sweep.new"] == "1"
 
