@@ -50,8 +50,8 @@ def sleep_trainable(config: dict) -> None:
     ref = TrackingRef(**lineage["tracking"])
     client = MlflowClient(ref.tracking_uri)
     lid = lineage_id(spec)
-    set_lineage_status(client, ref.parent_run_id, "RUNNING")
-    known = find_level_runs(client, lid, [ref.experiment_id])
+    set_lineage_status(client, ref.parent_run_id, status="RUNNING")
+    known = find_level_runs(client, lid, experiment_ids=[ref.experiment_id])
     mlflow_s = 0.0
     for level in range(LEVELS):
         time.sleep(work_s / LEVELS)
@@ -61,11 +61,11 @@ def sleep_trainable(config: dict) -> None:
                                  {"sparsity": 0.0, "sparsity_all": 0.0, "test_acc": 0.0, "test_loss": 0.0,
                                   "train_loss": 0.0, "epochs": 1.0, "wall_s": work_s / LEVELS}, (), False)
             t0 = time.perf_counter()
-            log_level(client, ref, result, tags=lineage_tags(spec, ref.code_rev), known=known)
+            log_level(client, result, ref=ref, tags=lineage_tags(spec, ref.code_rev), known=known)
             mlflow_s += time.perf_counter() - t0
         tune.report({"level": level, "n_levels": LEVELS, "lineage_id": lid, "resumed": False,
                      "sparsity": 0.0, "test_acc": 0.0, "wall_s": work_s / LEVELS, "mlflow_s": mlflow_s})
-    set_lineage_status(client, ref.parent_run_id, "FINISHED")
+    set_lineage_status(client, ref.parent_run_id, status="FINISHED")
 
 
 class MemoryTrace:
@@ -140,7 +140,8 @@ def run_case(root: Path, work_s: float, n: int, concurrent: int, chunk_size: int
     rev = launch.code_rev()
     plans = plan_sweep(sweep, client)
     # As run_sweep does: every parent run exists before the first trial starts.
-    parents = ensure_parent_runs(client, experiment_id, [p.spec for p in plans], sweep=sweep.name, code_rev=rev)
+    parents = ensure_parent_runs(client, [p.spec for p in plans], experiment_id=experiment_id, sweep=sweep.name,
+                                 code_rev=rev)
     setup_s = time.perf_counter() - setup_start
     finished = FinishedCounter()
     load_before = os.getloadavg()
@@ -150,7 +151,7 @@ def run_case(root: Path, work_s: float, n: int, concurrent: int, chunk_size: int
                               trainable=_with_work(work_s))
     wall = time.perf_counter() - start
     ideal = work_s * n / concurrent
-    runs = search_all(client, "", [experiment_id])
+    runs = search_all(client, "", experiment_ids=[experiment_id])
     writes = n * LEVELS * 5  # per level: create run, metrics, artifact, parent metrics, terminate
     result = {
         "work_s": work_s, "lineages": n, "levels": LEVELS, "concurrent": concurrent, "chunk_size": chunk_size,

@@ -52,7 +52,7 @@ def prepare_tracking(sweep: SweepSpec) -> tuple[MlflowClient, str]:
     sweep.workdir_path.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(sweep.resolved_tracking_uri)
     artifact_location = sweep.artifact_location if not sweep.tracking_uri else None
-    return client, ensure_experiment(client, sweep.name, artifact_location)
+    return client, ensure_experiment(client, sweep.name, artifact_location=artifact_location)
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
@@ -81,8 +81,8 @@ def run_sweep(sweep: SweepSpec, *, echo: Echo = print) -> SweepOutcome:
         ran = n - done
     else:
         plans = plan_sweep(sweep, client)
-        parents = ensure_parent_runs(client, experiment_id, [p.spec for p in plans], sweep=sweep.name,
-                                     code_rev=rev)
+        parents = ensure_parent_runs(client, [p.spec for p in plans], experiment_id=experiment_id,
+                                     sweep=sweep.name, code_rev=rev)
         _close_done(client, sweep, plans)
         todo = [p for p in plans if not p.finished]
         n, done, ran = len(plans), len(plans) - len(todo), len(todo)
@@ -123,7 +123,7 @@ def _set_parent_status(client: MlflowClient, sweep: SweepSpec, lineages: set[str
     satisfies `where` (an MLflow filter clause on it); one search for them all."""
     for run in search_all(client, f"{sweep_members(sweep.name)} and attributes.status {where}") if lineages else ():
         if run.data.tags.get(f"{TAG}lineage_id") in lineages:
-            set_lineage_status(client, run.info.run_id, status)
+            set_lineage_status(client, run.info.run_id, status=status)
 
 
 def _tracking(sweep: SweepSpec, experiment_id: str, rev: str, parent_run_id: str = "") -> dict[str, str]:
@@ -137,9 +137,9 @@ def _run_config(sweep: SweepSpec, echo: Echo, expected: int):
     from orchestrator.stops import StopRecorder
 
     workdir = str(sweep.workdir_path.resolve())
-    callbacks = [ProgressCallback(echo, expected, workdir)]
+    callbacks = [ProgressCallback(echo, expected=expected, workdir=workdir)]
     if sweep.search is not None:
-        callbacks.append(StopRecorder(sweep.resolved_tracking_uri, sweep.name, workdir))
+        callbacks.append(StopRecorder(sweep.resolved_tracking_uri, sweep=sweep.name, workdir=workdir))
     return tune.RunConfig(
         name=sweep.name,
         storage_path=sweep.resolved_storage_path,

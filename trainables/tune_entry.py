@@ -56,7 +56,7 @@ def lineage_trainable(config: dict[str, Any]) -> None:
     tracking = dict(lineage["tracking"])
     if not tracking.get("parent_run_id"):
         tracking["parent_run_id"] = ensure_parent_run(
-            MlflowClient(tracking["tracking_uri"]), tracking["experiment_id"], spec,
+            MlflowClient(tracking["tracking_uri"]), spec, experiment_id=tracking["experiment_id"],
             sweep=tracking["sweep"], code_rev=tracking["code_rev"],
         )
     recorder = _Recorder(spec, tracking)
@@ -95,15 +95,15 @@ class _Recorder:
         self.ref = TrackingRef(**tracking)
         self.tags = {k: v for k, v in lineage_tags(spec, self.ref.code_rev).items() if k != f"{TAG}kind"}
         self.lineage_id = lineage_id(spec)
-        self.known = find_level_runs(self.client, self.lineage_id, [self.ref.experiment_id])
+        self.known = find_level_runs(self.client, self.lineage_id, experiment_ids=[self.ref.experiment_id])
         self.n_levels = spec.prune.n_levels + 1
         self.report_every_s = spec.report_every_s
         self.last_level: LevelResult | None = None
         self.reported_at = time.monotonic()
-        set_lineage_status(self.client, self.ref.parent_run_id, "RUNNING")
+        set_lineage_status(self.client, self.ref.parent_run_id, status="RUNNING")
 
     def level(self, result: LevelResult) -> None:
-        log_level(self.client, self.ref, result, tags=self.tags, known=self.known)
+        log_level(self.client, result, ref=self.ref, tags=self.tags, known=self.known)
         self.last_level = result
         self._report({"kind": "level", "level": result.level, "resumed": result.resumed, **result.metrics}, result)
 
@@ -133,7 +133,7 @@ class _Recorder:
         self.reported_at = time.monotonic()
 
     def finish(self, status: str) -> None:
-        set_lineage_status(self.client, self.ref.parent_run_id, status)
+        set_lineage_status(self.client, self.ref.parent_run_id, status=status)
 
 
 def _bundle_trainable(bundle: list[dict[str, Any]]) -> None:

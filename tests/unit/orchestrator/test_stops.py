@@ -50,10 +50,10 @@ def test_the_recorder_tags_and_closes_the_parent_run_and_the_plan_reads_it(tmp_p
     client = MlflowClient(uri)
     experiment = ensure_experiment(client, "hunt")
     specs = [LineageSpec.model_validate({**sweep.base, "train": {"lr": lr, "epochs": 1}}) for lr in (0.02, 0.1)]
-    runs = [ensure_parent_run(client, experiment, spec, sweep="hunt", code_rev="x") for spec in specs]
+    runs = [ensure_parent_run(client, spec, experiment_id=experiment, sweep="hunt", code_rev="x") for spec in specs]
     lines: list[str] = []
     progress = ProgressCallback(lines.append, expected=2, workdir=str(sweep.workdir_path))
-    recorder = StopRecorder(uri, "hunt", str(sweep.workdir_path))
+    recorder = StopRecorder(uri, sweep="hunt", workdir=str(sweep.workdir_path))
     for spec, level in zip(specs, (1, 3)):
         trial = SimpleNamespace(trial_id=lineage_id(spec), custom_dirname=lineage_id(spec), local_path="/x",
                                 last_result={"lineage_id": lineage_id(spec), "level": level, "n_levels": 4,
