@@ -33,7 +33,7 @@ import psutil
 LEVELS = 5
 
 
-def sleep_trainable(config: dict) -> None:
+def sleep_trainable(config: dict, *, work_s: float) -> None:
     """A lineage whose levels only sleep: `work_s` seconds over LEVELS levels, recorded in
     MLflow and reported to Tune like a real lineage."""
     from mlflow.tracking import MlflowClient
@@ -41,13 +41,11 @@ def sleep_trainable(config: dict) -> None:
 
     from trainables.ids import checkpoint_id, lineage_id
     from trainables.lineage import LevelResult
-    from trainables.specs import LineageSpec
-    from trainables.tracking import TrackingRef, find_level_runs, lineage_tags, log_level, set_lineage_status
+    from trainables.tracking import find_level_runs, lineage_tags, log_level, set_lineage_status
+    from trainables.trials import LineageTrial
 
-    lineage = config["lineage"]
-    spec = LineageSpec.model_validate(lineage["spec"])
-    work_s = lineage["work_s"]
-    ref = TrackingRef(**lineage["tracking"])
+    trial = LineageTrial.from_config(config)
+    spec, ref = trial.spec, trial.tracking
     client = MlflowClient(ref.tracking_uri)
     lid = lineage_id(spec)
     set_lineage_status(client, ref.parent_run_id, status="RUNNING")
@@ -206,8 +204,7 @@ def _rss_by_done(rows: list[tuple], n: int) -> list[dict]:
 
 def _with_work(work_s: float):
     def trainable(config: dict) -> None:
-        config["lineage"]["work_s"] = work_s
-        sleep_trainable(config)
+        sleep_trainable(config, work_s=work_s)
 
     return trainable
 

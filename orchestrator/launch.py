@@ -16,6 +16,9 @@ from trainables.ids import parse_lineage_id
 from trainables.tracking import (
     TAG, TrackingRef, ensure_experiment, ensure_parent_runs, search_all, set_lineage_status, sweep_members,
 )
+from trainables.trials import (
+    SAMPLE_KEY, BundleTrial, LineageTrial, SearchTrial, grid_param_space, trial_lineages,
+)
 
 Echo = Callable[[str], None]
 
@@ -126,8 +129,8 @@ def _set_parent_status(client: MlflowClient, sweep: SweepSpec, lineages: set[str
             set_lineage_status(client, run.info.run_id, status=status)
 
 
-def _tracking(sweep: SweepSpec, experiment_id: str, rev: str, parent_run_id: str = "") -> dict[str, str]:
-    return TrackingRef(sweep.resolved_tracking_uri, experiment_id, parent_run_id, sweep.name, rev).__dict__
+def _tracking(sweep: SweepSpec, experiment_id: str, rev: str, parent_run_id: str = "") -> TrackingRef:
+    return TrackingRef(sweep.resolved_tracking_uri, experiment_id, parent_run_id, sweep.name, rev)
 
 
 def _run_config(sweep: SweepSpec, echo: Echo, expected: int):
@@ -163,48 +166,48 @@ def _grid(sweep: SweepSpec, todo: list[LineagePlan], parents: dict[str, str], ex
 
     ensure_ray()
     workdir = str(sweep.workdir_path.resolve())
-    configs = _trial_configs(todo, workdir, {
+    trials = _trial_configs(todo, workdir, {
         p.lineage_id: _tracking(sweep, experiment_id, rev, parents[p.lineage_id]) for p in todo})
-    note = fuse_note(sweep, configs)
+    note = fuse_note(sweep, trials)
     if note:
         echo(note)
     failed: list[str] = []
-    chunks = range(0, len(configs), sweep.chunk_size)
+    chunks = range(0, len(trials), sweep.chunk_size)
     for number, start in enumerate(chunks, start=1):
-        chunk = configs[start : start + sweep.chunk_size]
+        chunk = trials[start : start + sweep.chunk_size]
         if len(chunks) > 1:
             echo(f"sweep {sweep.name}: chunk {number}/{len(chunks)} ({len(chunk)} lineages)")
         failed += _fit_grid(sweep, chunk, trainable or lineage_trainable, echo)
     return tuple(failed)
 
 
-def _trial_configs(todo: list[LineagePlan], workdir: str, tracking: dict[str, dict]) -> list[dict]:
-    """One config per trial: a lineage, or a bundle of `fuse` lineages of one configuration
-    trained fused. A lineage that already has checkpoints resumes in the mode it started in."""
+def _trial_configs(todo: list[LineagePlan], workdir: str,
+                   tracking: dict[str, TrackingRef]) -> list[LineageTrial | BundleTrial]:
+    """One trial per lineage, or per bundle of `fuse` lineages of one configuration trained
+    fused. A lineage that already has checkpoints resumes in the mode it started in."""
     from trainables.fused import check_mode
 
     singles, groups = [], {}
     for plan in todo:
-        item = {"lineage_id": plan.lineage_id, "spec": plan.spec.model_dump(mode="json"), "workdir": workdir,
-                "tracking": tracking[plan.lineage_id]}
+        item = LineageTrial(plan.lineage_id, plan.spec, workdir, tracking[plan.lineage_id])
         if plan.spec.fuse > 1 and _resumable_fused(check_mode, workdir, plan.lineage_id):
             key = (parse_lineage_id(plan.lineage_id)[0], plan.spec.precision, plan.spec.fuse)
             groups.setdefault(key, []).append(item)
         else:
             singles.append(item)
-    bundles = [{"bundle": items[i : i + fuse]} for (_, _, fuse), items in groups.items()
+    bundles = [BundleTrial(tuple(items[i : i + fuse])) for (_, _, fuse), items in groups.items()
                for i in range(0, len(items), fuse)]
-    return [b if len(b["bundle"]) > 1 else b["bundle"][0] for b in bundles] + singles
+    return [b if len(b.lineages) > 1 else b.lineages[0] for b in bundles] + singles
 
 
-def fuse_note(sweep: SweepSpec, configs: list[dict]) -> str | None:
+def fuse_note(sweep: SweepSpec, trials: list[LineageTrial | BundleTrial]) -> str | None:
     """A word when lineages are fused on CPU-only trials: there the stacked model does the same
     matrix products as the lineages one by one, so fusing saves only per-step overhead
     (benchmarks/fused_bench.py: K = 16 LeNet 1.0x, K = 8 resnet20 0.55x on 2 cores)."""
-    bundles = [c for c in configs if "bundle" in c]
+    bundles = [t for t in trials if isinstance(t, BundleTrial)]
     if not bundles or sweep.resources.gpu > 0:
         return None
-    return (f"sweep {sweep.name}: {sum(len(b['bundle']) for b in bundles)} lineages fused into {len(bundles)} "
+    return (f"sweep {sweep.name}: {sum(len(b.lineages) for b in bundles)} lineages fused into {len(bundles)} "
             "trials on CPU only (resources.gpu = 0); fusing pays off on GPUs, on a CPU it measured 0.55-1.0x "
             "the speed of separate lineages, so consider fuse: 1")
 
@@ -217,14 +220,14 @@ def _resumable_fused(check_mode, workdir: str, lineage: str) -> bool:
     return True
 
 
-def _fit_grid(sweep: SweepSpec, configs: list[dict], trainable, echo: Echo) -> tuple[str, ...]:
+def _fit_grid(sweep: SweepSpec, trials: list[LineageTrial | BundleTrial], trainable, echo: Echo) -> tuple[str, ...]:
     from ray import tune
 
     from trainables.tune_entry import trial_name
 
     tuner = tune.Tuner(
         tune.with_resources(trainable, _resources(sweep)),
-        param_space={"lineage": tune.grid_search(configs)},
+        param_space=grid_param_space(trials, grid_search=tune.grid_search),
         tune_config=tune.TuneConfig(
             max_concurrent_trials=sweep.max_concurrent, trial_name_creator=trial_name,
             trial_dirname_creator=trial_name,
@@ -232,7 +235,7 @@ def _fit_grid(sweep: SweepSpec, configs: list[dict], trainable, echo: Echo) -> t
             # torch imported and the dataset cached) takes the next lineage.
             reuse_actors=True,
         ),
-        run_config=_run_config(sweep, echo, sum(len(c.get("bundle", [c])) for c in configs)),
+        run_config=_run_config(sweep, echo, sum(len(t.lineage_ids) for t in trials)),
     )
     return _failed(tuner.fit())
 
@@ -311,13 +314,12 @@ def _fit_search(sweep: SweepSpec, trainable, plans: list[LineagePlan], finished:
 
     search = sweep.search
     points = {p.lineage_id: search.point(p.spec.model_dump(mode="json")) for p in plans}
-    searcher = search.searcher(key="sample", pending=[points[p.lineage_id] for p in open_],
+    searcher = search.searcher(key=SAMPLE_KEY, pending=[points[p.lineage_id] for p in open_],
                                evaluated=[(points[p.lineage_id], p.metrics.get(search.metric)) for p in finished])
-    lineage = {"base": sweep.base, "workdir": str(sweep.workdir_path.resolve()),
-               "tracking": _tracking(sweep, experiment_id, rev)}
+    trial = SearchTrial(sweep.base, str(sweep.workdir_path.resolve()), _tracking(sweep, experiment_id, rev))
     tuner = tune.Tuner(
         trainable,
-        param_space={"lineage": lineage},
+        param_space=trial.to_config(),
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=search.scheduler(), num_samples=size,
             max_concurrent_trials=sweep.max_concurrent, trial_name_creator=trial_name,
@@ -350,7 +352,5 @@ def _failed(results) -> tuple[str, ...]:
     for result in results:
         if result.error is None:
             continue
-        lineage = (result.config or {}).get("lineage", {})
-        ids = [item["lineage_id"] for item in lineage.get("bundle", [])]
-        failed += ids or [str(lineage.get("lineage_id") or result.metrics.get("lineage_id") or result.path)]
+        failed += trial_lineages(result.config) or [str(result.metrics.get("lineage_id") or result.path)]
     return tuple(failed)

@@ -9,7 +9,7 @@ from orchestrator.launch import _close_cut_off, _trial_configs, fuse_note, prepa
 from orchestrator.plan import plan_sweep
 from orchestrator.specs import load_sweep
 from trainables.ids import lineage_id
-from trainables.tracking import ensure_parent_runs, set_lineage_status
+from trainables.tracking import TrackingRef, ensure_parent_runs, set_lineage_status
 
 
 def test_running_parent_runs_of_unfinished_lineages_become_killed(tmp_path):
@@ -26,6 +26,10 @@ def test_running_parent_runs_of_unfinished_lineages_become_killed(tmp_path):
     assert status == {running: "KILLED", waiting: "SCHEDULED", failed: "RUNNING"}
 
 
+def _refs(plans) -> dict[str, TrackingRef]:
+    return {p.lineage_id: TrackingRef("sqlite:///mlflow.db", "1", "", "fz", "x") for p in plans}
+
+
 def _fused_sweep(tmp_path, fuse: int, gpu: float):
     return load_sweep({"name": "fz", "workdir": str(tmp_path / "w"), "grid": {"seed": [0, 1, 2, 3]},
                        "model": "lenet_300_100", "dataset": "digits", "train": {"epochs": 1},
@@ -35,14 +39,14 @@ def _fused_sweep(tmp_path, fuse: int, gpu: float):
 def test_fusing_on_cpu_only_trials_gets_a_note(tmp_path):
     sweep = _fused_sweep(tmp_path, fuse=2, gpu=0)
     plans = plan_sweep(sweep, None)
-    configs = _trial_configs(plans, str(tmp_path / "w"), {p.lineage_id: {} for p in plans})
-    assert [len(c["bundle"]) for c in configs] == [2, 2]
+    configs = _trial_configs(plans, str(tmp_path / "w"), _refs(plans))
+    assert [len(c.lineages) for c in configs] == [2, 2]
     note = fuse_note(sweep, configs)
     assert note is not None and "4 lineages fused into 2 trials on CPU only" in note and "fuse: 1" in note
     assert fuse_note(_fused_sweep(tmp_path, fuse=2, gpu=1), configs) is None  # fusing on GPUs is the point
     unfused = _fused_sweep(tmp_path, fuse=1, gpu=0)
     plans = plan_sweep(unfused, None)
-    singles = _trial_configs(plans, str(tmp_path / "w"), {p.lineage_id: {} for p in plans})
+    singles = _trial_configs(plans, str(tmp_path / "w"), _refs(plans))
     assert len(singles) == 4 and fuse_note(unfused, singles) is None
 
 
@@ -52,6 +56,6 @@ def test_bundles_never_mix_precisions(tmp_path):
     sweep = _fused_sweep(tmp_path, fuse=4, gpu=1)
     plans = [replace(p, spec=p.spec.model_copy(update={"precision": "bf16" if k % 2 else "fp32"}))
              for k, p in enumerate(plan_sweep(sweep, None))]
-    configs = _trial_configs(plans, str(tmp_path / "w"), {p.lineage_id: {} for p in plans})
-    assert sorted(sorted(item["spec"]["precision"] for item in c["bundle"]) for c in configs) == [
+    configs = _trial_configs(plans, str(tmp_path / "w"), _refs(plans))
+    assert sorted(sorted(item.spec.precision for item in c.lineages) for c in configs) == [
         ["bf16", "bf16"], ["fp32", "fp32"]]
