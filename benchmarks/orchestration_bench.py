@@ -121,7 +121,7 @@ class FinishedCounter:
 
 def run_case(root: Path, work_s: float, n: int, concurrent: int, chunk_size: int, cpu: float,
              trace: bool = False) -> dict:
-    from orchestrator import launch, load_sweep
+    from orchestrator import experiments, launch, load_sweep
     from orchestrator.plan import plan_sweep
     from trainables.tracking import ensure_parent_runs, search_all
 
@@ -135,7 +135,7 @@ def run_case(root: Path, work_s: float, n: int, concurrent: int, chunk_size: int
     })
     setup_start = time.perf_counter()
     client, experiment_id = launch.prepare_tracking(sweep)
-    rev = launch.code_rev()
+    rev = experiments.code_rev()
     plans = plan_sweep(sweep, client)
     # As run_sweep does: every parent run exists before the first trial starts.
     parents = ensure_parent_runs(client, [p.spec for p in plans], experiment_id=experiment_id, sweep=sweep.name,
@@ -145,8 +145,8 @@ def run_case(root: Path, work_s: float, n: int, concurrent: int, chunk_size: int
     load_before = os.getloadavg()
     start = time.perf_counter()
     with MemoryTrace(lambda: finished.count) as rss:
-        failed = launch._grid(sweep, plans, parents, experiment_id, rev, finished,
-                              trainable=_with_work(work_s))
+        failed = launch.run_grid(sweep, plans, parents=parents, experiment_id=experiment_id, rev=rev, echo=finished,
+                                 trainable=_with_work(work_s))
     wall = time.perf_counter() - start
     ideal = work_s * n / concurrent
     runs = search_all(client, "", experiment_ids=[experiment_id])

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from mlflow.tracking import MlflowClient
 
-from orchestrator.plan import _searched_lineages
+from orchestrator.plan import searched_lineages
 from orchestrator.progress import ProgressCallback
 from orchestrator.specs import load_sweep
 from orchestrator.stops import StopRecorder, stopped_after
@@ -66,4 +66,4 @@ def test_the_recorder_tags_and_closes_the_parent_run_and_the_plan_reads_it(tmp_p
     assert stopped_tag("hunt") not in finished.data.tags  # ran to its end: left to the trial
     assert lines[-3].endswith(f"{lineage_id(specs[0])} stopped by the scheduler after L01")
     assert lines[-1].endswith(f"{lineage_id(specs[1])} finished")
-    assert _searched_lineages(sweep, client)[1] == {lineage_id(specs[0]): 1}
+    assert searched_lineages(sweep, client)[1] == {lineage_id(specs[0]): 1}

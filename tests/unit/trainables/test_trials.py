@@ -101,7 +101,8 @@ def test_the_lineages_a_config_names(tiny_spec):
 def test_configs_of_no_trial_are_refused(tiny_spec):
     with pytest.raises(ValueError, match="no trial config"):
         read_trial({"sample": {}})
-    with pytest.raises(ValueError, match=r"keys \['spek'\] name no trial; expected one of \['base', 'bundle', 'spec'\]"):
+    expected = r"keys \['spek'\] name no trial; expected one of \['base', 'bundle', 'spec'\]"
+    with pytest.raises(ValueError, match=expected):
         read_trial({"lineage": {"spek": {}}})
     with pytest.raises(ValueError, match="a LineageTrial config, not a BundleTrial one"):
         BundleTrial.from_config(_lineage(tiny_spec, 0).to_config())
