@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis.tables import upsert
 from trainables.checkpoints import LineageCheckpoints
+from trainables.ids import parse_lineage_id
 from trainables.layout import Layout
 from trainables.tracking import KIND_LEVEL, TAG, search_all, sweep_members, tag_filter
 
@@ -46,7 +47,7 @@ def build_catalog(sweep: str, *, tracking_uri: str, workdir: str | os.PathLike) 
     for lid in lineage_ids:
         spec = specs[lid]["spec"]
         lineage_rows.append({
-            "lineage_id": lid, "config_id": lid.rsplit("-s", 1)[0], "model": spec["model"],
+            "lineage_id": lid, "config_id": parse_lineage_id(lid)[0], "model": spec["model"],
             "dataset": spec["dataset"], "seed": spec["seed"], "schedule": spec["prune"]["schedule"],
             "rewind": spec["prune"]["rewind"], "rate": spec["prune"]["rate"],
             "spec_json": json.dumps(specs[lid]["identity"], sort_keys=True),
@@ -70,7 +71,7 @@ def build_catalog(sweep: str, *, tracking_uri: str, workdir: str | os.PathLike) 
         layer_rows += _layer_rows(stored, level, cid)
         spec = specs[lid]["spec"]
         catalog_rows.append({
-            "checkpoint_id": cid, "lineage_id": lid, "config_id": lid.rsplit("-s", 1)[0], "level": level,
+            "checkpoint_id": cid, "lineage_id": lid, "config_id": parse_lineage_id(lid)[0], "level": level,
             "model": spec["model"], "dataset": spec["dataset"], "seed": spec["seed"],
             "checkpoint_path": str(path.resolve()), "spec_json": json.dumps(spec, sort_keys=True),
             "mlflow_run_id": run.info.run_id,

@@ -33,7 +33,7 @@ import psutil
 LEVELS = 5
 
 
-def sleep_trainable(config: dict) -> None:
+def sleep_trainable(config: dict, *, work_s: float) -> None:
     """A lineage whose levels only sleep: `work_s` seconds over LEVELS levels, recorded in
     MLflow and reported to Tune like a real lineage."""
     from mlflow.tracking import MlflowClient
@@ -41,17 +41,15 @@ def sleep_trainable(config: dict) -> None:
 
     from trainables.ids import checkpoint_id, lineage_id
     from trainables.lineage import LevelResult
-    from trainables.specs import LineageSpec
-    from trainables.tracking import TrackingRef, find_level_runs, lineage_tags, log_level, set_lineage_status
+    from trainables.tracking import find_level_runs, lineage_tags, log_level, set_lineage_status
+    from trainables.trials import LineageTrial
 
-    lineage = config["lineage"]
-    spec = LineageSpec.model_validate(lineage["spec"])
-    work_s = lineage["work_s"]
-    ref = TrackingRef(**lineage["tracking"])
+    trial = LineageTrial.from_config(config)
+    spec, ref = trial.spec, trial.tracking
     client = MlflowClient(ref.tracking_uri)
     lid = lineage_id(spec)
-    set_lineage_status(client, ref.parent_run_id, "RUNNING")
-    known = find_level_runs(client, lid, [ref.experiment_id])
+    set_lineage_status(client, ref.parent_run_id, status="RUNNING")
+    known = find_level_runs(client, lid, experiment_ids=[ref.experiment_id])
     mlflow_s = 0.0
     for level in range(LEVELS):
         time.sleep(work_s / LEVELS)
@@ -61,11 +59,11 @@ def sleep_trainable(config: dict) -> None:
                                  {"sparsity": 0.0, "sparsity_all": 0.0, "test_acc": 0.0, "test_loss": 0.0,
                                   "train_loss": 0.0, "epochs": 1.0, "wall_s": work_s / LEVELS}, (), False)
             t0 = time.perf_counter()
-            log_level(client, ref, result, tags=lineage_tags(spec, ref.code_rev), known=known)
+            log_level(client, result, ref=ref, tags=lineage_tags(spec, ref.code_rev), known=known)
             mlflow_s += time.perf_counter() - t0
         tune.report({"level": level, "n_levels": LEVELS, "lineage_id": lid, "resumed": False,
                      "sparsity": 0.0, "test_acc": 0.0, "wall_s": work_s / LEVELS, "mlflow_s": mlflow_s})
-    set_lineage_status(client, ref.parent_run_id, "FINISHED")
+    set_lineage_status(client, ref.parent_run_id, status="FINISHED")
 
 
 class MemoryTrace:
@@ -123,7 +121,7 @@ class FinishedCounter:
 
 def run_case(root: Path, work_s: float, n: int, concurrent: int, chunk_size: int, cpu: float,
              trace: bool = False) -> dict:
-    from orchestrator import launch, load_sweep
+    from orchestrator import experiments, launch, load_sweep
     from orchestrator.plan import plan_sweep
     from trainables.tracking import ensure_parent_runs, search_all
 
@@ -137,20 +135,21 @@ def run_case(root: Path, work_s: float, n: int, concurrent: int, chunk_size: int
     })
     setup_start = time.perf_counter()
     client, experiment_id = launch.prepare_tracking(sweep)
-    rev = launch.code_rev()
+    rev = experiments.code_rev()
     plans = plan_sweep(sweep, client)
     # As run_sweep does: every parent run exists before the first trial starts.
-    parents = ensure_parent_runs(client, experiment_id, [p.spec for p in plans], sweep=sweep.name, code_rev=rev)
+    parents = ensure_parent_runs(client, [p.spec for p in plans], experiment_id=experiment_id, sweep=sweep.name,
+                                 code_rev=rev)
     setup_s = time.perf_counter() - setup_start
     finished = FinishedCounter()
     load_before = os.getloadavg()
     start = time.perf_counter()
     with MemoryTrace(lambda: finished.count) as rss:
-        failed = launch._grid(sweep, plans, parents, experiment_id, rev, finished,
-                              trainable=_with_work(work_s))
+        failed = launch.run_grid(sweep, plans, parents=parents, experiment_id=experiment_id, rev=rev, echo=finished,
+                                 trainable=_with_work(work_s))
     wall = time.perf_counter() - start
     ideal = work_s * n / concurrent
-    runs = search_all(client, "", [experiment_id])
+    runs = search_all(client, "", experiment_ids=[experiment_id])
     writes = n * LEVELS * 5  # per level: create run, metrics, artifact, parent metrics, terminate
     result = {
         "work_s": work_s, "lineages": n, "levels": LEVELS, "concurrent": concurrent, "chunk_size": chunk_size,
@@ -205,8 +204,7 @@ def _rss_by_done(rows: list[tuple], n: int) -> list[dict]:
 
 def _with_work(work_s: float):
     def trainable(config: dict) -> None:
-        config["lineage"]["work_s"] = work_s
-        sleep_trainable(config)
+        sleep_trainable(config, work_s=work_s)
 
     return trainable
 

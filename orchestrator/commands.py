@@ -8,7 +8,8 @@ from pathlib import Path
 
 import polars as pl
 
-from orchestrator.launch import ensure_ray, prepare_tracking, run_sweep
+from orchestrator.experiments import ensure_ray
+from orchestrator.launch import prepare_tracking, run_sweep
 from orchestrator.plan import plan_sweep
 from orchestrator.specs import SpecError, SweepSpec
 

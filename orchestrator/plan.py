@@ -1,4 +1,5 @@
-"""What a sweep still has to do: per lineage, done / stopped / partial (up to which level) / to do.
+"""What a sweep still has to do: per lineage, done / stopped / partial (up to which level) / to do;
+and the parent runs closed to match that state once Tune has returned.
 
 Read from the workdir (complete level directories) and MLflow (FINISHED level runs); a level
 counts as done only when both have it. A search lineage that the sweep's scheduler stopped
@@ -7,9 +8,10 @@ early (`orchestrator.stops`) is finished for that sweep once its levels up to th
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from mlflow.tracking import MlflowClient
 
@@ -18,7 +20,9 @@ from trainables.checkpoints import LineageCheckpoints
 from trainables.ids import lineage_id
 from trainables.lineage_run import final_level
 from trainables.specs import LineageSpec, with_overrides
-from trainables.tracking import KIND_LEVEL, TAG, search_all, stopped_tag, sweep_members, tag_filter
+from trainables.tracking import (
+    KIND_LEVEL, TAG, search_all, set_lineage_status, stopped_tag, sweep_members, tag_filter,
+)
 
 
 @dataclass(frozen=True)
@@ -54,13 +58,18 @@ def _finished_levels(client: MlflowClient | None) -> dict[str, dict[int, dict[st
     return out
 
 
-def _searched_lineages(sweep: SweepSpec, client: MlflowClient | None
-                       ) -> tuple[list[LineageSpec], dict[str, int]]:
+class SearchedLineages(NamedTuple):
+    """A search sweep's lineages proposed so far, and where its scheduler stopped some."""
+
+    specs: list[LineageSpec]  # in the order they started
+    stops: dict[str, int]  # lineage id -> last level completed before the sweep's scheduler stopped it
+
+
+def searched_lineages(sweep: SweepSpec, client: MlflowClient | None) -> SearchedLineages:
     """A search sweep's lineages are the ones proposed so far: members found in MLflow, in the
-    order they started; with the last level of those its scheduler stopped (lineage id ->
-    level)."""
+    order they started; with the last level of those its scheduler stopped."""
     if client is None:
-        return [], {}
+        return SearchedLineages([], {})
     runs = search_all(client, sweep_members(sweep.name))
     specs, stops = [], {}
     for run in sorted(runs, key=lambda r: r.info.start_time or 0):
@@ -72,7 +81,7 @@ def _searched_lineages(sweep: SweepSpec, client: MlflowClient | None
             specs.append(LineageSpec.model_validate(stored["spec"]))
         elif (spec := _spec_from_params(sweep, run.data.params, lid)) is not None:
             specs.append(spec)
-    return specs, stops
+    return SearchedLineages(specs, stops)
 
 
 def _spec_from_params(sweep: SweepSpec, params: dict[str, str], lid: str) -> LineageSpec | None:
@@ -103,7 +112,7 @@ def plan_sweep(sweep: SweepSpec, client: MlflowClient | None = None) -> list[Lin
         client = MlflowClient(sweep.resolved_tracking_uri)
     finished = _finished_levels(client)
     plans = []
-    specs, stops = (sweep.lineages, {}) if sweep.search is None else _searched_lineages(sweep, client)
+    specs, stops = (sweep.lineages, {}) if sweep.search is None else searched_lineages(sweep, client)
     for spec in specs:
         lid = lineage_id(spec)
         n_levels = final_level(sweep.workdir, spec) + 1
@@ -121,3 +130,33 @@ def plan_sweep(sweep: SweepSpec, client: MlflowClient | None = None) -> list[Lin
         metrics = logged.get(done - 1, {}) if done else {}
         plans.append(LineagePlan(lid, spec, state, done, n_levels, metrics))
     return plans
+
+
+def close_cut_off(client: MlflowClient, sweep: SweepSpec, *, plans: Sequence[LineagePlan],
+                  failed: Collection[str]) -> int:
+    """After Tune has returned (`plans` read since), close the parent runs an interrupted
+    experiment (Ctrl-C) left RUNNING: it stops its trials without failing them, and ends their
+    actors after a grace period, so no trial is left to close their runs. Unfinished lineages
+    become KILLED, and one whose last level landed in the grace period FINISHED. Returns how
+    many lineages are unfinished without having failed."""
+    close_done(client, sweep, plans=plans)
+    unfinished = {p.lineage_id for p in plans if not p.finished} - set(failed)
+    set_parent_status(client, sweep, lineages=unfinished, status="KILLED", where="= 'RUNNING'")
+    return len(unfinished)
+
+
+def close_done(client: MlflowClient, sweep: SweepSpec, *, plans: Sequence[LineagePlan]) -> None:
+    """Mark FINISHED the parent run of every lineage whose levels are all recorded: a driver
+    killed between a trial's last level and its end leaves it RUNNING, and no trial will run
+    the lineage again to close it."""
+    done = {p.lineage_id for p in plans if p.finished}
+    set_parent_status(client, sweep, lineages=done, status="FINISHED", where="!= 'FINISHED'")
+
+
+def set_parent_status(client: MlflowClient, sweep: SweepSpec, *, lineages: Collection[str], status: str,
+                      where: str) -> None:
+    """Set `status` on the parent runs of `lineages` (members of `sweep`) whose current status
+    satisfies `where` (an MLflow filter clause on it); one search for them all."""
+    for run in search_all(client, f"{sweep_members(sweep.name)} and attributes.status {where}") if lineages else ():
+        if run.data.tags.get(f"{TAG}lineage_id") in lineages:
+            set_lineage_status(client, run.info.run_id, status=status)

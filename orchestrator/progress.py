@@ -12,7 +12,7 @@ class ProgressCallback(Callback):
     """One line per level result, per epoch report of a long level, and per finished or failed
     lineage."""
 
-    def __init__(self, echo: Callable[[str], None], expected: int, workdir: str):
+    def __init__(self, echo: Callable[[str], None], *, expected: int, workdir: str):
         self.echo = echo
         self.workdir = workdir
         self.expected = expected  # lineages this run will have run, when it is over

@@ -84,7 +84,7 @@ class SearchSpec(BaseModel):
             raise ValueError("sampler 'cmaes' cannot search `choice` fields; use 'tpe'")
         return self
 
-    def searcher(self, *, key: str = "sample", pending: Sequence[Mapping[str, Any]] = (),
+    def searcher(self, *, key: str, pending: Sequence[Mapping[str, Any]] = (),
                  evaluated: Sequence[tuple[Mapping[str, Any], float | None]] = ()):
         """OptunaSearch over the dotted fields of `config[key]`, resuming an earlier study.
 

@@ -31,7 +31,7 @@ def stopped_after(result: dict | None, workdir: str) -> int | None:
 class StopRecorder(Callback):
     """Records in MLflow every lineage the scheduler stopped early (see the module doc)."""
 
-    def __init__(self, tracking_uri: str, sweep: str, workdir: str):
+    def __init__(self, tracking_uri: str, *, sweep: str, workdir: str):
         self.tracking_uri, self.sweep, self.workdir = tracking_uri, sweep, workdir
 
     def on_trial_complete(self, iteration, trials, trial, **info):

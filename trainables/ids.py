@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 from pydantic import BaseModel
@@ -14,6 +15,7 @@ from pydantic import BaseModel
 from trainables.specs import RUNTIME_FIELDS, SCHEMA_VERSION, LineageSpec
 
 ID_DIGEST_CHARS = 12
+_LINEAGE_ID = re.compile(rf"(c[0-9a-f]{{{ID_DIGEST_CHARS}}})-s(0|[1-9][0-9]*)")
 
 
 def _non_default(model: BaseModel) -> dict[str, Any]:
@@ -65,6 +67,14 @@ def config_id(spec: LineageSpec) -> str:
 
 def lineage_id(spec: LineageSpec) -> str:
     return f"{config_id(spec)}-s{spec.seed}"
+
+
+def parse_lineage_id(lineage: str) -> tuple[str, int]:
+    """`(config_id, seed)` of a lineage id."""
+    match = _LINEAGE_ID.fullmatch(lineage)
+    if match is None:
+        raise ValueError(f"not a lineage id: {lineage!r}; expected 'c<{ID_DIGEST_CHARS} hex>-s<seed>'")
+    return match.group(1), int(match.group(2))
 
 
 def checkpoint_id(lineage: str, level: int, step: int | None = None) -> str:

@@ -58,7 +58,7 @@ def all_experiment_ids(client: MlflowClient) -> list[str]:
     return [e.experiment_id for e in client.search_experiments()]
 
 
-def search_all(client: MlflowClient, filter_string: str, experiment_ids: list[str] | None = None) -> list:
+def search_all(client: MlflowClient, filter_string: str, *, experiment_ids: list[str] | None = None) -> list:
     """Every run matching `filter_string`, following pagination."""
     ids = experiment_ids if experiment_ids is not None else all_experiment_ids(client)
     runs, token = [], None
@@ -71,7 +71,7 @@ def search_all(client: MlflowClient, filter_string: str, experiment_ids: list[st
     return runs
 
 
-def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
+def ensure_experiment(client: MlflowClient, name: str, *, artifact_location: str | None = None) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
@@ -107,16 +107,16 @@ def lineage_tags(spec: LineageSpec, code_rev: str) -> dict[str, str]:
 
 
 def ensure_parent_run(
-    client: MlflowClient, experiment_id: str, spec: LineageSpec, *, sweep: str, code_rev: str
+    client: MlflowClient, spec: LineageSpec, *, experiment_id: str, sweep: str, code_rev: str
 ) -> str:
     """The lineage's parent run (created once, in whichever experiment first ran it), tagged as a
     member of `sweep`. Returns its run id."""
     found = search_all(client, tag_filter(kind=KIND_LINEAGE, lineage_id=lineage_id(spec)))
-    return _ensure_parent(client, experiment_id, spec, found, sweep=sweep, code_rev=code_rev)
+    return _ensure_parent(client, spec, experiment_id=experiment_id, found=found, sweep=sweep, code_rev=code_rev)
 
 
 def ensure_parent_runs(
-    client: MlflowClient, experiment_id: str, specs: list[LineageSpec], *, sweep: str, code_rev: str
+    client: MlflowClient, specs: list[LineageSpec], *, experiment_id: str, sweep: str, code_rev: str
 ) -> dict[str, str]:
     """`ensure_parent_run` for many lineages: one search for the parent runs that exist (a
     search per lineage costs more than creating its run), then only the missing ones are
@@ -127,11 +127,12 @@ def ensure_parent_runs(
         lid = run.data.tags.get(f"{TAG}lineage_id")
         if lid in found:
             found[lid].append(run)
-    return {lid: _ensure_parent(client, experiment_id, spec, found[lid], sweep=sweep, code_rev=code_rev)
+    return {lid: _ensure_parent(client, spec, experiment_id=experiment_id, found=found[lid], sweep=sweep,
+                                code_rev=code_rev)
             for lid, spec in wanted.items()}
 
 
-def _ensure_parent(client: MlflowClient, experiment_id: str, spec: LineageSpec, found: list, *,
+def _ensure_parent(client: MlflowClient, spec: LineageSpec, *, experiment_id: str, found: list,
                    sweep: str, code_rev: str) -> str:
     """The earliest of the lineage's `found` parent runs, or a new one; tagged as a member of
     `sweep`."""
@@ -153,16 +154,17 @@ def _ensure_parent(client: MlflowClient, experiment_id: str, spec: LineageSpec, 
     return run_id
 
 
-def find_level_runs(client: MlflowClient, lineage: str, experiment_ids: list[str] | None = None) -> dict[int, Any]:
+def find_level_runs(client: MlflowClient, lineage: str, *,
+                    experiment_ids: list[str] | None = None) -> dict[int, Any]:
     """Child runs of a lineage by level (the earliest one if an old bug made two)."""
-    runs = search_all(client, tag_filter(kind=KIND_LEVEL, lineage_id=lineage), experiment_ids)
+    runs = search_all(client, tag_filter(kind=KIND_LEVEL, lineage_id=lineage), experiment_ids=experiment_ids)
     by_level: dict[int, Any] = {}
     for run in sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True):
         by_level[int(run.data.tags[f"{TAG}level"])] = run
     return by_level
 
 
-def log_level(client: MlflowClient, ref: TrackingRef, result, *, tags: Mapping[str, str],
+def log_level(client: MlflowClient, result, *, ref: TrackingRef, tags: Mapping[str, str],
               known: Mapping[int, Any] | None = None) -> str:
     """Record one level (a `trainables.lineage.LevelResult`) as a FINISHED child run with its
     metrics and the checkpoint as artifact `checkpoint/`. A level already FINISHED is left alone.
@@ -171,7 +173,7 @@ def log_level(client: MlflowClient, ref: TrackingRef, result, *, tags: Mapping[s
         saves one search per level (SQLite searches cost seconds on a busy store).
     """
     if known is None:
-        known = find_level_runs(client, result.lineage_id, [ref.experiment_id])
+        known = find_level_runs(client, result.lineage_id, experiment_ids=[ref.experiment_id])
     existing = known.get(result.level)
     if existing is not None and existing.info.status == "FINISHED":
         return existing.info.run_id
@@ -211,11 +213,11 @@ def mark_stopped(client: MlflowClient, lineage: str, *, sweep: str, level: int) 
         return None
     run_id = earliest(runs).info.run_id
     client.set_tag(run_id, stopped_tag(sweep), str(level))
-    set_lineage_status(client, run_id, "FINISHED")
+    set_lineage_status(client, run_id, status="FINISHED")
     return run_id
 
 
-def set_lineage_status(client: MlflowClient, parent_run_id: str, status: str) -> None:
+def set_lineage_status(client: MlflowClient, parent_run_id: str, *, status: str) -> None:
     """RUNNING while a trial works on the lineage, FINISHED or FAILED at the end."""
     if status == "RUNNING":
         client.update_run(parent_run_id, status="RUNNING")

@@ -11,8 +11,9 @@ import json
 import math
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlflow.tracking import MlflowClient
 from ray import tune
@@ -20,49 +21,39 @@ from ray import tune
 from trainables.ids import lineage_id
 from trainables.lineage import run_lineage
 from trainables.lineage_run import LevelResult
-from trainables.specs import LineageSpec, with_overrides
+from trainables.specs import LineageSpec
 from trainables.tracking import (
     LEVEL_METRICS, TAG, TrackingRef, ensure_parent_run, find_level_runs, lineage_tags, log_level, set_lineage_status,
 )
+from trainables.trials import BundleTrial, SearchTrial, name_trial, read_trial
+
+if TYPE_CHECKING:
+    from ray.tune.experiment import Trial
 
 
-def trial_spec(config: dict[str, Any]) -> LineageSpec:
-    """The lineage of a trial: given whole (grid), or a base plus sampled fields (search)."""
-    lineage = config["lineage"]
-    if "spec" in lineage:
-        return LineageSpec.model_validate(lineage["spec"])
-    return LineageSpec.model_validate(with_overrides(lineage["base"], config.get("sample", {})))
-
-
-def trial_name(trial) -> str:
-    """Trial folders are named by lineage id (a search trial's id is known once it is sampled;
-    a bundle is named by its first lineage and its size)."""
-    bundle = trial.config["lineage"].get("bundle")
-    if bundle:
-        return f"{bundle[0]['lineage_id']}-x{len(bundle)}"
-    try:
-        return lineage_id(trial_spec(trial.config))
-    except Exception:  # an invalid sample: the trial will fail with the validation error
-        return trial.trial_id
+def trial_name(trial: Trial) -> str:
+    """Trial folders are named by lineage id (`trainables.trials.name_trial`)."""
+    return name_trial(trial.config, trial_id=trial.trial_id)
 
 
 def lineage_trainable(config: dict[str, Any]) -> None:
-    """config["lineage"]: {"spec" | "base", "workdir", "tracking": TrackingRef fields (the
-    parent run id only when the driver created it)}; config["sample"]: sampled dotted fields.
-    Or config["lineage"]["bundle"]: a list of such lineage configs trained fused."""
-    if "bundle" in config["lineage"]:
-        return _bundle_trainable(config["lineage"]["bundle"])
-    spec = trial_spec(config)
-    lineage = config["lineage"]
-    tracking = dict(lineage["tracking"])
-    if not tracking.get("parent_run_id"):
-        tracking["parent_run_id"] = ensure_parent_run(
-            MlflowClient(tracking["tracking_uri"]), tracking["experiment_id"], spec,
-            sweep=tracking["sweep"], code_rev=tracking["code_rev"],
-        )
-    recorder = _Recorder(spec, tracking)
+    """Runs the trial `config` describes (`trainables.trials`): a lineage, the lineage a search
+    trial sampled, or a bundle of lineages trained fused. The driver creates a lineage's parent
+    run, except a search trial's (its lineage is known only here)."""
+    trial = read_trial(config)
+    if isinstance(trial, BundleTrial):
+        return _bundle_trainable(trial)
+    if isinstance(trial, SearchTrial):
+        trial = trial.lineage()
+    spec, ref = trial.spec, trial.tracking
+    if not ref.parent_run_id:
+        ref = replace(ref, parent_run_id=ensure_parent_run(
+            MlflowClient(ref.tracking_uri), spec, experiment_id=ref.experiment_id, sweep=ref.sweep,
+            code_rev=ref.code_rev,
+        ))
+    recorder = _Recorder(spec, ref)
     try:
-        run_lineage(spec, workdir=lineage["workdir"], device=spec.device, on_level=recorder.level,
+        run_lineage(spec, workdir=trial.workdir, device=spec.device, on_level=recorder.level,
                     on_epoch=recorder.epoch)
     except BaseException as error:
         if not _stopped_by_tune(error):
@@ -91,20 +82,20 @@ class _Recorder:
     trial ends on a level report, the result Optuna takes as the trial's value.
     """
 
-    def __init__(self, spec: LineageSpec, tracking: dict[str, str]):
-        self.client = MlflowClient(tracking["tracking_uri"])
-        self.ref = TrackingRef(**tracking)
+    def __init__(self, spec: LineageSpec, ref: TrackingRef):
+        self.client = MlflowClient(ref.tracking_uri)
+        self.ref = ref
         self.tags = {k: v for k, v in lineage_tags(spec, self.ref.code_rev).items() if k != f"{TAG}kind"}
         self.lineage_id = lineage_id(spec)
-        self.known = find_level_runs(self.client, self.lineage_id, [self.ref.experiment_id])
+        self.known = find_level_runs(self.client, self.lineage_id, experiment_ids=[self.ref.experiment_id])
         self.n_levels = spec.prune.n_levels + 1
         self.report_every_s = spec.report_every_s
         self.last_level: LevelResult | None = None
         self.reported_at = time.monotonic()
-        set_lineage_status(self.client, self.ref.parent_run_id, "RUNNING")
+        set_lineage_status(self.client, self.ref.parent_run_id, status="RUNNING")
 
     def level(self, result: LevelResult) -> None:
-        log_level(self.client, self.ref, result, tags=self.tags, known=self.known)
+        log_level(self.client, result, ref=self.ref, tags=self.tags, known=self.known)
         self.last_level = result
         self._report({"kind": "level", "level": result.level, "resumed": result.resumed, **result.metrics}, result)
 
@@ -134,23 +125,23 @@ class _Recorder:
         self.reported_at = time.monotonic()
 
     def finish(self, status: str) -> None:
-        set_lineage_status(self.client, self.ref.parent_run_id, status)
+        set_lineage_status(self.client, self.ref.parent_run_id, status=status)
 
 
-def _bundle_trainable(bundle: list[dict[str, Any]]) -> None:
+def _bundle_trainable(bundle: BundleTrial) -> None:
     """K lineages of one configuration trained as one stacked model; each keeps its own MLflow
     runs, checkpoints and resume."""
     from trainables.fused import run_bundle
 
-    specs = [LineageSpec.model_validate(item["spec"]) for item in bundle]
-    recorders = {lineage_id(s): _Recorder(s, item["tracking"]) for s, item in zip(specs, bundle)}
+    specs = [item.spec for item in bundle.lineages]
+    recorders = {lineage_id(s): _Recorder(s, item.tracking) for s, item in zip(specs, bundle.lineages)}
 
     def on_epoch(level: int, epoch: int) -> None:
         for recorder in recorders.values():
             recorder.epoch(level, epoch)
 
     try:
-        run_bundle(specs, workdir=bundle[0]["workdir"], device=specs[0].device,
+        run_bundle(specs, workdir=bundle.workdir, device=specs[0].device,
                    on_level=lambda result: recorders[result.lineage_id].level(result), on_epoch=on_epoch)
     except BaseException as error:
         if not _stopped_by_tune(error):

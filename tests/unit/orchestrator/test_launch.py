@@ -5,11 +5,11 @@ from dataclasses import replace
 
 from mlflow.tracking import MlflowClient
 
-from orchestrator.launch import _close_cut_off, _trial_configs, fuse_note, prepare_tracking
-from orchestrator.plan import plan_sweep
+from orchestrator.launch import fuse_note, grid_trials, prepare_tracking
+from orchestrator.plan import close_cut_off, plan_sweep
 from orchestrator.specs import load_sweep
 from trainables.ids import lineage_id
-from trainables.tracking import ensure_parent_runs, set_lineage_status
+from trainables.tracking import TrackingRef, ensure_parent_runs, set_lineage_status
 
 
 def test_running_parent_runs_of_unfinished_lineages_become_killed(tmp_path):
@@ -17,13 +17,18 @@ def test_running_parent_runs_of_unfinished_lineages_become_killed(tmp_path):
                         "model": "lenet_300_100", "dataset": "digits", "train": {"epochs": 1},
                         "prune": {"levels": 1}})
     client, experiment = prepare_tracking(sweep)
-    parents = ensure_parent_runs(client, experiment, list(sweep.lineages), sweep="cut", code_rev="x")
+    parents = ensure_parent_runs(client, list(sweep.lineages), experiment_id=experiment, sweep="cut", code_rev="x")
     running, waiting, failed = (lineage_id(spec) for spec in sweep.lineages)
-    set_lineage_status(client, parents[running], "RUNNING")  # its trial was stopped mid-level
-    set_lineage_status(client, parents[failed], "RUNNING")  # its trial failed; Tune reported it
-    assert _close_cut_off(client, sweep, plan_sweep(sweep, client), (failed,)) == 2  # `waiting` never started: still to run
+    set_lineage_status(client, parents[running], status="RUNNING")  # its trial was stopped mid-level
+    set_lineage_status(client, parents[failed], status="RUNNING")  # its trial failed; Tune reported it
+    # `waiting` never started: still to run
+    assert close_cut_off(client, sweep, plans=plan_sweep(sweep, client), failed=(failed,)) == 2
     status = {lid: MlflowClient(sweep.resolved_tracking_uri).get_run(run).info.status for lid, run in parents.items()}
     assert status == {running: "KILLED", waiting: "SCHEDULED", failed: "RUNNING"}
+
+
+def _refs(plans) -> dict[str, TrackingRef]:
+    return {p.lineage_id: TrackingRef("sqlite:///mlflow.db", "1", "", "fz", "x") for p in plans}
 
 
 def _fused_sweep(tmp_path, fuse: int, gpu: float):
@@ -35,14 +40,14 @@ def _fused_sweep(tmp_path, fuse: int, gpu: float):
 def test_fusing_on_cpu_only_trials_gets_a_note(tmp_path):
     sweep = _fused_sweep(tmp_path, fuse=2, gpu=0)
     plans = plan_sweep(sweep, None)
-    configs = _trial_configs(plans, str(tmp_path / "w"), {p.lineage_id: {} for p in plans})
-    assert [len(c["bundle"]) for c in configs] == [2, 2]
+    configs = grid_trials(plans, workdir=str(tmp_path / "w"), refs=_refs(plans))
+    assert [len(c.lineages) for c in configs] == [2, 2]
     note = fuse_note(sweep, configs)
     assert note is not None and "4 lineages fused into 2 trials on CPU only" in note and "fuse: 1" in note
     assert fuse_note(_fused_sweep(tmp_path, fuse=2, gpu=1), configs) is None  # fusing on GPUs is the point
     unfused = _fused_sweep(tmp_path, fuse=1, gpu=0)
     plans = plan_sweep(unfused, None)
-    singles = _trial_configs(plans, str(tmp_path / "w"), {p.lineage_id: {} for p in plans})
+    singles = grid_trials(plans, workdir=str(tmp_path / "w"), refs=_refs(plans))
     assert len(singles) == 4 and fuse_note(unfused, singles) is None
 
 
@@ -52,6 +57,6 @@ def test_bundles_never_mix_precisions(tmp_path):
     sweep = _fused_sweep(tmp_path, fuse=4, gpu=1)
     plans = [replace(p, spec=p.spec.model_copy(update={"precision": "bf16" if k % 2 else "fp32"}))
              for k, p in enumerate(plan_sweep(sweep, None))]
-    configs = _trial_configs(plans, str(tmp_path / "w"), {p.lineage_id: {} for p in plans})
-    assert sorted(sorted(item["spec"]["precision"] for item in c["bundle"]) for c in configs) == [
+    configs = grid_trials(plans, workdir=str(tmp_path / "w"), refs=_refs(plans))
+    assert sorted(sorted(item.spec.precision for item in c.lineages) for c in configs) == [
         ["bf16", "bf16"], ["fp32", "fp32"]]

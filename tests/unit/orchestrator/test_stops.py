@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from mlflow.tracking import MlflowClient
 
-from orchestrator.plan import _searched_lineages
+from orchestrator.plan import searched_lineages
 from orchestrator.progress import ProgressCallback
 from orchestrator.specs import load_sweep
 from orchestrator.stops import StopRecorder, stopped_after
@@ -49,10 +49,10 @@ def test_the_recorder_tags_and_closes_the_parent_run_and_the_plan_reads_it(tmp_p
     client = MlflowClient(uri)
     experiment = ensure_experiment(client, "hunt")
     specs = [LineageSpec.model_validate({**sweep.base, "train": {"lr": lr, "epochs": 1}}) for lr in (0.02, 0.1)]
-    runs = [ensure_parent_run(client, experiment, spec, sweep="hunt", code_rev="x") for spec in specs]
+    runs = [ensure_parent_run(client, spec, experiment_id=experiment, sweep="hunt", code_rev="x") for spec in specs]
     lines: list[str] = []
     progress = ProgressCallback(lines.append, expected=2, workdir=str(sweep.workdir_path))
-    recorder = StopRecorder(uri, "hunt", str(sweep.workdir_path))
+    recorder = StopRecorder(uri, sweep="hunt", workdir=str(sweep.workdir_path))
     for spec, level in zip(specs, (1, 3)):
         trial = SimpleNamespace(trial_id=lineage_id(spec), custom_dirname=lineage_id(spec), local_path="/x",
                                 last_result={"lineage_id": lineage_id(spec), "level": level, "n_levels": 4,
@@ -65,4 +65,4 @@ def test_the_recorder_tags_and_closes_the_parent_run_and_the_plan_reads_it(tmp_p
     assert stopped_tag("hunt") not in finished.data.tags  # ran to its end: left to the trial
     assert lines[-3].endswith(f"{lineage_id(specs[0])} stopped by the scheduler after L01")
     assert lines[-1].endswith(f"{lineage_id(specs[1])} finished")
-    assert _searched_lineages(sweep, client)[1] == {lineage_id(specs[0]): 1}
+    assert searched_lineages(sweep, client)[1] == {lineage_id(specs[0]): 1}

@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 
 from trainables import LineageSpec
-from trainables.ids import canonical, checkpoint_id, config_id, identity, lineage_id, parse_checkpoint_id
+from trainables.ids import (
+    canonical, checkpoint_id, config_id, identity, lineage_id, parse_checkpoint_id, parse_lineage_id,
+)
 
 BASE = {"model": "lenet_300_100", "dataset": "digits"}
 
@@ -82,3 +84,19 @@ def test_checkpoint_ids():
     assert parse_checkpoint_id("cabc-s1/L03") == ("cabc-s1", 3)
     with pytest.raises(ValueError, match="not a level checkpoint id"):
         parse_checkpoint_id("cabc-s1")
+
+
+@pytest.mark.parametrize("fields,expected", GOLDEN)
+def test_lineage_ids_parse_into_config_id_and_seed(fields, expected):
+    spec = LineageSpec.model_validate(fields)
+    assert parse_lineage_id(expected) == (config_id(spec), spec.seed)
+    assert parse_lineage_id("c0696a4317a26-s120") == ("c0696a4317a26", 120)
+
+
+@pytest.mark.parametrize("bad", [
+    "c0696a4317a26", "c0696a4317a26-s", "c0696a4317a26-s-1", "c0696a4317a26-s01", "c0696a4317a2-s0",
+    "c0696a4317a26f-s0", "C0696A4317A26-s0", "c0696a4317a26-s0/L00", "cA-s0", "",
+])
+def test_malformed_lineage_ids_are_refused_with_the_expected_form(bad):
+    with pytest.raises(ValueError, match=r"not a lineage id: .*expected 'c<12 hex>-s<seed>'"):
+        parse_lineage_id(bad)

@@ -1,0 +1,93 @@
+"""What every Ray Tune experiment of a sweep shares, grid or search: the Ray connection, each
+trial's resources and tracking, the run config, and the lineages its failed trials leave."""
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from orchestrator.specs import SweepSpec
+from trainables.tracking import TrackingRef
+from trainables.trials import trial_lineages
+
+Echo = Callable[[str], None]
+
+
+def code_rev() -> str:
+    """The git revision of the code that runs (or the package version outside a checkout)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                             capture_output=True, text=True, timeout=5, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"impsweep-{version('impsweep')}"
+        except PackageNotFoundError:
+            return "unknown"
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """Connect to the cluster named by RAY_ADDRESS (a `ray job submit` sets it), else start a
+    fresh local instance."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)
+
+
+def with_trial_resources(trainable: Callable[[dict], None], sweep: SweepSpec) -> Any:
+    """`trainable` asking Tune for the sweep's resources per trial."""
+    from ray import tune
+
+    return tune.with_resources(trainable, {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
+
+
+def tracking_ref(sweep: SweepSpec, *, experiment_id: str, rev: str, parent_run_id: str = "") -> TrackingRef:
+    """Where a trial of `sweep` records its lineage (no parent run: the trial finds or creates it)."""
+    return TrackingRef(sweep.resolved_tracking_uri, experiment_id, parent_run_id, sweep.name, rev)
+
+
+def tune_run_config(sweep: SweepSpec, *, echo: Echo, expected: int) -> Any:
+    """Tune's RunConfig of an experiment of `expected` lineages: progress on `echo`, and for a
+    search the record of the lineages its scheduler stops."""
+    from ray import tune
+
+    from orchestrator.progress import ProgressCallback
+    from orchestrator.stops import StopRecorder
+
+    workdir = str(sweep.workdir_path.resolve())
+    callbacks = [ProgressCallback(echo, expected=expected, workdir=workdir)]
+    if sweep.search is not None:
+        callbacks.append(StopRecorder(sweep.resolved_tracking_uri, sweep=sweep.name, workdir=workdir))
+    return tune.RunConfig(
+        name=sweep.name,
+        storage_path=sweep.resolved_storage_path,
+        failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+        # Tune's checkpoints are small pointers (the lineage keeps its own levels); keeping
+        # them all avoids the forced experiment snapshot that num_to_keep triggers.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+        callbacks=callbacks,
+        verbose=0,
+    )
+
+
+def failed_lineages(results: Iterable[Any]) -> tuple[str, ...]:
+    """Lineage ids of the trials that failed after every retry (all lineages of a bundle; a
+    search trial's as it reported it, else its path). results: Tune's ResultGrid."""
+    failed: list[str] = []
+    for result in results:
+        if result.error is None:
+            continue
+        failed += trial_lineages(result.config) or [str(result.metrics.get("lineage_id") or result.path)]
+    return tuple(failed)
