@@ -1,4 +1,6 @@
-"""Figures of a sweep's tables: pure functions from polars frames (or masks) to matplotlib Figures.
+"""Figures of a sweep's accuracy and layer similarity, and the building blocks every figure of
+the report shares (`analysis.unit_plots` draws the units): pure functions from polars frames to
+matplotlib Figures.
 
 Built with the object-oriented `matplotlib.figure.Figure` API, so no backend or global pyplot
 state is involved; `Figure.savefig(path)` renders PNG with Agg. Functions raise `ValueError`
@@ -8,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
 
 import numpy as np
 import polars as pl
@@ -17,13 +18,12 @@ from matplotlib.figure import Figure
 
 _SPARSITY_LABEL = "sparsity (fraction of prunable weights at zero)"
 _CONFIG_FIELDS = ("model", "dataset", "schedule", "rewind", "rate")
-_HIST_BINS = 30
 _MAX_ANNOTATED_LAYERS = 8  # heatmap cells carry their value as text up to this many layers
 
 
 def accuracy_vs_sparsity(levels: pl.DataFrame, lineages: pl.DataFrame) -> Figure:
     """Test accuracy against sparsity: one line per config (mean over seeds, band ± std)."""
-    df = _with_config(levels, lineages, "lineage_id")
+    df = with_config(levels, lineages, on="lineage_id")
     if df.is_empty():
         raise ValueError("accuracy_vs_sparsity: no levels to plot")
     stats = (df.group_by("config_id", "level")
@@ -45,8 +45,8 @@ def accuracy_vs_sparsity(levels: pl.DataFrame, lineages: pl.DataFrame) -> Figure
     return fig
 
 
-def similarity_vs_sparsity(similarity: pl.DataFrame, levels: pl.DataFrame, measure: str, *,
-                           lineages: pl.DataFrame | None = None) -> Figure:
+def similarity_vs_sparsity(similarity: pl.DataFrame, levels: pl.DataFrame, *, measure: str,
+                           lineages: pl.DataFrame) -> Figure:
     """Similarity of each layer to the same layer of its own lineage's dense network, against the
     sparsity of the pruned checkpoint: one panel per config, one line per layer (mean over
     seeds, band ± std). Level 0 is the dense network compared with itself."""
@@ -55,7 +55,7 @@ def similarity_vs_sparsity(similarity: pl.DataFrame, levels: pl.DataFrame, measu
         & (pl.col("a_layer") == pl.col("b_layer")))
     rows = rows.join(levels.select(pl.col("checkpoint_id").alias("b_checkpoint_id"), "sparsity"),
                      on="b_checkpoint_id", how="inner")
-    rows = _with_config(rows.rename({"b_lineage_id": "lineage_id"}), lineages, "lineage_id").drop_nulls("value")
+    rows = with_config(rows.rename({"b_lineage_id": "lineage_id"}), lineages, on="lineage_id").drop_nulls("value")
     if rows.is_empty():
         raise ValueError(f"similarity_vs_sparsity: no defined similarity-to-dense values for measure {measure!r}")
     stats = (rows.group_by("config_id", "a_layer", "b_level")
@@ -63,8 +63,8 @@ def similarity_vs_sparsity(similarity: pl.DataFrame, levels: pl.DataFrame, measu
                   pl.col("value").std().fill_null(0.0).alias("std"))
              .sort("config_id", "b_level"))
     configs = stats["config_id"].unique(maintain_order=True).to_list()
-    labels = config_labels(lineages) if lineages is not None else {}
-    fig, axes = _panels(len(configs), sharey=True)
+    labels = config_labels(lineages)
+    fig, axes = panels(len(configs), sharey=True)
     layers = sort_layers(stats["a_layer"].unique().to_list())
     colors = colormaps["viridis"]
     for ax, config in zip(axes, configs):
@@ -82,7 +82,7 @@ def similarity_vs_sparsity(similarity: pl.DataFrame, levels: pl.DataFrame, measu
     return fig
 
 
-def layer_heatmap(similarity: pl.DataFrame, measure: str, a_checkpoint: str, b_checkpoint: str) -> Figure | None:
+def layer_heatmap(similarity: pl.DataFrame, *, measure: str, a_checkpoint: str, b_checkpoint: str) -> Figure | None:
     """L×L similarity between every layer of `a_checkpoint` (rows) and every layer of
     `b_checkpoint` (columns); None unless every pair was computed (analysis `layers: all`).
     An undefined (null) value is left blank."""
@@ -120,126 +120,6 @@ def layer_heatmap(similarity: pl.DataFrame, measure: str, a_checkpoint: str, b_c
     return fig
 
 
-def entropy_distributions(neurons: pl.DataFrame, levels: pl.DataFrame) -> Figure:
-    """Distribution of units' PSP-entropy per level (pooled over lineages): one panel per layer,
-    one density line per level, coloured from dense (dark) to sparsest (light)."""
-    df = neurons.join(levels.select("checkpoint_id", "level", "sparsity"), on="checkpoint_id", how="inner")
-    df = df.drop_nulls("entropy")
-    if df.is_empty():
-        raise ValueError("entropy_distributions: no neuron entropies for these levels")
-    return _distributions(df, "entropy", "PSP-entropy (bits)", "PSP-entropy of units by level")
-
-
-def locality_by_level(receptive_fields: pl.DataFrame, levels: pl.DataFrame) -> Figure:
-    """Locality of units' surviving inputs per level (box per level, pooled over lineages), one
-    panel per layer; 0 is as spread out as a random mask of the same size, 1 a compact patch."""
-    df = receptive_fields.join(levels.select("checkpoint_id", "level", "sparsity"), on="checkpoint_id", how="inner")
-    df = df.drop_nulls("locality")
-    if df.is_empty():
-        raise ValueError("locality_by_level: no defined locality values for these levels")
-    layers = sort_layers(df["layer"].unique().to_list())
-    fig, axes = _panels(len(layers), sharey=True)
-    for ax, layer in zip(axes, layers):
-        part = df.filter(pl.col("layer") == layer)
-        by_level = part.group_by("level").agg(pl.col("locality"), pl.col("sparsity").mean()).sort("level")
-        data = [np.asarray(v) for v in by_level["locality"].to_list()]
-        ticks = [f"L{lv}\n{s:.2f}" for lv, s in zip(by_level["level"], by_level["sparsity"])]
-        ax.boxplot(data, positions=range(len(data)), widths=0.6, showfliers=False)
-        ax.set_xticks(range(len(data)), ticks)
-        ax.axhline(0.0, color="grey", linestyle="--", linewidth=1)
-        ax.set_title(layer, fontsize="medium")
-        ax.set_xlabel("level / sparsity")
-        ax.grid(alpha=0.3, axis="y")
-    axes[0].set_ylabel("locality (0 = random mask)")
-    fig.suptitle("Locality of surviving first-layer connections by level")
-    return fig
-
-
-def displacement_histograms(displacements: pl.DataFrame, levels: pl.DataFrame, *,
-                            lineages: pl.DataFrame | None = None) -> Figure:
-    """Distances between pairs of one unit's surviving first-layer inputs, by level: one row of
-    panels per (config, layer), same-channel pairs left and different-channel pairs right (that
-    column only when the inputs have several channels), one line per level (pooled over the
-    config's lineages), each the fraction of its pairs at each distance. The dense level keeps
-    every input, so its line is what a random mask gives: a sparse level above it at short
-    distances has kept local receptive fields."""
-    df = displacements.join(levels.select("checkpoint_id", "lineage_id", "level", "sparsity"),
-                            on="checkpoint_id", how="inner")
-    if df.is_empty() or df.select(pl.col("same_channel").sum() + pl.col("cross_channel").sum()).item() == 0:
-        raise ValueError("displacement_histograms: no displacement counts for these levels")
-    df = _with_config(df, lineages, "lineage_id")
-    stats = (df.group_by("config_id", "layer", "level", "distance")
-             .agg(pl.col("same_channel").sum(), pl.col("cross_channel").sum(), pl.col("sparsity").mean())
-             .sort("config_id", "layer", "level", "distance"))
-    kinds = [("same_channel", "same channel")]
-    if stats["cross_channel"].sum() > 0:
-        kinds.append(("cross_channel", "different channel"))
-    depth = {layer: i for i, layer in enumerate(sort_layers(stats["layer"].unique().to_list()))}
-    panels = sorted(set(stats.select("config_id", "layer").iter_rows()), key=lambda k: (k[0], depth[k[1]]))
-    labels = config_labels(lineages) if lineages is not None and not lineages.is_empty() else {}
-    level_list = sorted(stats["level"].unique().to_list())
-    colors = colormaps["viridis"]
-    fig = Figure(figsize=(5.2 * len(kinds) + 0.6, 3.6 * len(panels) + 0.6), layout="constrained")
-    axes = fig.subplots(len(panels), len(kinds), squeeze=False, sharex="row")
-    for row, (config, layer) in enumerate(panels):
-        part = stats.filter((pl.col("config_id") == config) & (pl.col("layer") == layer))
-        for col, (column, title) in enumerate(kinds):
-            ax = axes[row][col]
-            for lv in level_list:
-                line = part.filter(pl.col("level") == lv)
-                total = line[column].sum()
-                if total == 0:
-                    continue
-                ax.plot(line["distance"].to_numpy(), line[column].to_numpy() / total, drawstyle="steps-mid",
-                        color=colors(lv / max(level_list[-1], 1)),
-                        label=f"L{lv} (sparsity {line['sparsity'].mean():.2f})")
-            ax.set_title(f"{labels.get(config, config)}: {layer}, {title}", fontsize="medium")
-            ax.set_xlabel("distance between the two inputs (pixels)")
-            ax.set_ylabel("fraction of pairs")
-            ax.grid(alpha=0.3)
-    handles = [ax for ax in fig.axes if _lines(ax)]
-    if handles:
-        handles[0].legend(fontsize="x-small", ncol=1 + len(level_list) // 8)
-    fig.suptitle("Pairwise distances of surviving first-layer inputs by level")
-    return fig
-
-
-def _lines(ax) -> list:
-    return [line for line in ax.get_lines() if not line.get_label().startswith("_")]
-
-
-def receptive_field_images(masks: Sequence[tuple[str, np.ndarray]], input_shape: tuple[int, ...], *,
-                           units: Sequence[int]) -> Figure:
-    """Surviving connections of a few first-layer `units`, drawn in input space: one row per
-    (label, mask [units, inputs] bool) in `masks`, one column per unit. Images (C, H, W) show
-    the fraction of channels kept at each pixel; 1-D inputs (L,) or (C, L) a strip per channel."""
-    if not masks or not units:
-        raise ValueError("receptive_field_images: need at least one mask and one unit")
-    n_inputs = math.prod(input_shape)
-    for label, mask in masks:
-        if mask.ndim != 2 or mask.shape[1] != n_inputs:
-            raise ValueError(f"mask {label!r} must be [units, {n_inputs}] for input_shape {tuple(input_shape)}; "
-                             f"got {tuple(mask.shape)}")
-    image_like = len(input_shape) == 3
-    cell = (1.6, 1.7) if image_like else (2.4, 1.0)
-    fig = Figure(figsize=(cell[0] * len(units) + 1.2, cell[1] * len(masks) + 0.6), layout="constrained")
-    axes = fig.subplots(len(masks), len(units), squeeze=False)
-    for r, (label, mask) in enumerate(masks):
-        for c, unit in enumerate(units):
-            ax = axes[r][c]
-            kept = np.asarray(mask[unit], dtype=np.float64).reshape(input_shape)
-            picture = kept.mean(axis=0) if image_like else kept.reshape(-1, input_shape[-1])
-            ax.imshow(picture, cmap="gray_r", vmin=0, vmax=1, aspect="equal" if image_like else "auto",
-                      interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(f"unit {unit}: {int(kept.sum())} in", fontsize="x-small")
-            if c == 0:
-                ax.set_ylabel(label, fontsize="small")
-    fig.suptitle("Surviving first-layer connections in input space (black = kept)")
-    return fig
-
-
 def config_labels(lineages: pl.DataFrame) -> dict[str, str]:
     """Short legend label per config_id: the descriptive fields that differ between configs
     (model, dataset, schedule, rewind, rate), plus the id when those do not tell them apart."""
@@ -264,12 +144,10 @@ def sort_layers(layers) -> list[str]:
     return sorted(layers, key=key)
 
 
-def _with_config(df: pl.DataFrame, lineages: pl.DataFrame | None, on: str) -> pl.DataFrame:
-    """`df` with a config_id column: from `lineages` when given, else from the lineage id
-    (`<config_id>-s<seed>`)."""
-    if lineages is not None and not lineages.is_empty():
-        return df.join(lineages.select("lineage_id", "config_id").rename({"lineage_id": on}), on=on, how="inner")
-    return df.with_columns(pl.col(on).str.replace(r"-s\d+$", "").alias("config_id"))
+def with_config(df: pl.DataFrame, lineages: pl.DataFrame, *, on: str) -> pl.DataFrame:
+    """`df` with the config_id of its lineage id column `on`, from the `lineages` table (rows of
+    lineages it does not hold are dropped)."""
+    return df.join(lineages.select("lineage_id", "config_id").rename({"lineage_id": on}), on=on, how="inner")
 
 
 def _of_measure(similarity: pl.DataFrame, measure: str) -> pl.DataFrame:
@@ -286,7 +164,8 @@ def _line_with_band(ax, stats: pl.DataFrame, label: str, color, *, marker: str) 
         ax.fill_between(x, y - s, y + s, color=color, alpha=0.2, linewidth=0)
 
 
-def _panels(n: int, *, sharey: bool) -> tuple[Figure, list]:
+def panels(n: int, *, sharey: bool) -> tuple[Figure, list]:
+    """A figure of `n` panels, at most three a row; returns it and its `n` axes."""
     cols = min(n, 3)
     rows = math.ceil(n / cols)
     fig = Figure(figsize=(4.6 * cols + 0.6, 3.8 * rows + 0.5), layout="constrained")
@@ -295,30 +174,3 @@ def _panels(n: int, *, sharey: bool) -> tuple[Figure, list]:
     for ax in axes[n:]:
         ax.set_visible(False)
     return fig, axes[:n]
-
-
-def _distributions(df: pl.DataFrame, column: str, xlabel: str, title: str) -> Figure:
-    """One panel per layer, a density line per level over bins shared within the panel."""
-    layers = sort_layers(df["layer"].unique().to_list())
-    level_list = sorted(df["level"].unique().to_list())
-    colors = colormaps["viridis"]
-    fig, axes = _panels(len(layers), sharey=False)
-    for ax, layer in zip(axes, layers):
-        part = df.filter(pl.col("layer") == layer)
-        values = part[column].to_numpy()
-        edges = np.histogram_bin_edges(values, bins=_HIST_BINS)
-        centres = (edges[:-1] + edges[1:]) / 2
-        for lv in level_list:
-            sub = part.filter(pl.col("level") == lv)
-            if sub.is_empty():
-                continue
-            density, _ = np.histogram(sub[column].to_numpy(), bins=edges, density=True)
-            ax.plot(centres, density, drawstyle="steps-mid", color=colors(lv / max(level_list[-1], 1)),
-                    label=f"L{lv} (sparsity {sub['sparsity'].mean():.2f})")
-        ax.set_title(layer, fontsize="medium")
-        ax.set_xlabel(xlabel)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("density")
-    axes[0].legend(fontsize="x-small")
-    fig.suptitle(title)
-    return fig

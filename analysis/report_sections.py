@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import polars as pl
 
-from analysis import plots
+from analysis import plots, unit_plots
 
 _HEATMAPS_PER_MEASURE = 3  # L×L heatmaps drawn per measure (dense vs sparsest, one lineage per config)
 _RF_CONFIGS = 3  # configs whose receptive fields are drawn
@@ -82,7 +82,7 @@ def _similarity_items(rows: pl.DataFrame, levels: pl.DataFrame, lineages: pl.Dat
     safe = _safe_name(measure)
     items: list[Item] = []
     try:
-        fig = plots.similarity_vs_sparsity(rows, levels, measure, lineages=lineages)
+        fig = plots.similarity_vs_sparsity(rows, levels, measure=measure, lineages=lineages)
     except ValueError:
         items.append(Item(note="No defined same-layer comparison with the dense network for this measure "
                                 "(it needs analysis scope `dense`, `lineage` or `all`)."))
@@ -94,7 +94,7 @@ def _similarity_items(rows: pl.DataFrame, levels: pl.DataFrame, lineages: pl.Dat
                                             caption=f"Mean {measure} to the dense network, by layer and level")))
     drawn = 0
     for a, b in _heatmap_pairs(levels, lineages):
-        fig = plots.layer_heatmap(rows, measure, a, b)
+        fig = plots.layer_heatmap(rows, measure=measure, a_checkpoint=a, b_checkpoint=b)
         if fig is None:
             continue
         drawn += 1
@@ -132,7 +132,7 @@ def _heatmap_pairs(levels: pl.DataFrame, lineages: pl.DataFrame) -> list[tuple[s
 def _entropy_items(neurons: pl.DataFrame, levels: pl.DataFrame, folder: Path) -> list[Item]:
     if neurons.drop_nulls("entropy").is_empty():
         return [Item(note="No neurons table (PSP-entropy) for this sweep.")]
-    png = _save(plots.entropy_distributions(neurons, levels), folder, "entropy_distributions")
+    png = _save(unit_plots.entropy_distributions(neurons, levels), folder, "entropy_distributions")
     return [Item(png=png, caption="Distribution of units' PSP-entropy per level, pooled over lineages: "
                                    "low entropy means a unit is consistently on or off within each class.")]
 
@@ -150,13 +150,13 @@ def _receptive_items(rf: pl.DataFrame, levels: pl.DataFrame, lineages: pl.DataFr
         except Exception as err:  # one unreadable checkpoint or conv model must not stop the report
             items.append(Item(note=f"{row['lineage_id']}: no receptive-field images ({err})."))
             continue
-        png = _save(plots.receptive_field_images(masks, shape, units=units), folder, f"receptive_fields_{i + 1}")
+        png = _save(unit_plots.receptive_field_images(masks, shape, units=units), folder, f"receptive_fields_{i + 1}")
         items.append(Item(png=png, caption=f"{row['lineage_id']}: surviving first-layer connections of a few hidden "
                                             "units in input space, dense level (top) vs sparsest level (bottom)."))
     if rf.drop_nulls("locality").is_empty():
         items.append(Item(note="No receptive_fields table (locality) for this sweep."))
     else:
-        items.append(Item(png=_save(plots.locality_by_level(rf, levels), folder, "locality_by_level"),
+        items.append(Item(png=_save(unit_plots.locality_by_level(rf, levels), folder, "locality_by_level"),
                            caption="Locality of each unit's surviving inputs by level, pooled over lineages "
                                    "(0 = as spread out as a random mask, 1 = a compact patch)."))
     return items
@@ -165,7 +165,7 @@ def _receptive_items(rf: pl.DataFrame, levels: pl.DataFrame, lineages: pl.DataFr
 def _displacement_items(displacements: pl.DataFrame, levels: pl.DataFrame, lineages: pl.DataFrame,
                         folder: Path) -> list[Item]:
     try:
-        fig = plots.displacement_histograms(displacements, levels, lineages=lineages)
+        fig = unit_plots.displacement_histograms(displacements, levels, lineages=lineages)
     except ValueError:
         return [Item(note="No displacements table (distances between surviving first-layer inputs) "
                            "for this sweep: it needs a fully connected first layer.")]

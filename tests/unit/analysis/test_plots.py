@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 from matplotlib.figure import Figure
 
-from analysis import plots
+from analysis import plots, unit_plots
 from analysis.tables import to_arrow
 
 SPARSITY = [0.0, 0.2, 0.36]
@@ -78,7 +78,7 @@ def test_accuracy_vs_sparsity_has_one_line_per_config_with_mean_over_seeds():
 def test_similarity_vs_sparsity_is_one_panel_per_config_and_one_line_per_layer():
     lineages = _lineages()
     levels = _levels(lineages)
-    fig = plots.similarity_vs_sparsity(_similarity(levels), levels, "linear_cka", lineages=lineages)
+    fig = plots.similarity_vs_sparsity(_similarity(levels), levels, measure="linear_cka", lineages=lineages)
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in axes] == ["imp", "oneshot"]
     for ax in axes:
@@ -94,17 +94,19 @@ def test_similarity_vs_sparsity_without_defined_dense_rows_raises():
     lineages = _lineages()
     levels = _levels(lineages)
     with pytest.raises(ValueError, match="nbs"):
-        plots.similarity_vs_sparsity(_similarity(levels), levels, "nbs")
+        plots.similarity_vs_sparsity(_similarity(levels), levels, measure="nbs", lineages=lineages)
     undefined = _similarity(levels).with_columns(pl.lit(None, pl.Float64).alias("value"))
     with pytest.raises(ValueError, match="linear_cka"):
-        plots.similarity_vs_sparsity(undefined, levels, "linear_cka")
+        plots.similarity_vs_sparsity(undefined, levels, measure="linear_cka", lineages=lineages)
 
 
 def test_layer_heatmap_is_l_by_l_only_when_every_pair_exists():
     lineages = _lineages()
     levels = _levels(lineages)
-    assert plots.layer_heatmap(_similarity(levels), "linear_cka", "cA-s0/L00", "cA-s0/L02") is None
-    fig = plots.layer_heatmap(_similarity(levels, all_layers=True), "linear_cka", "cA-s0/L02", "cA-s0/L00")
+    assert plots.layer_heatmap(_similarity(levels), measure="linear_cka", a_checkpoint="cA-s0/L00",
+                               b_checkpoint="cA-s0/L02") is None
+    fig = plots.layer_heatmap(_similarity(levels, all_layers=True), measure="linear_cka", a_checkpoint="cA-s0/L02",
+                              b_checkpoint="cA-s0/L00")
     image = fig.axes[0].get_images()[0].get_array()
     assert image.shape == (3, 3)
     # rows are layers of the first argument (L02, level 2 of seed 0: 0.8 on the diagonal)
@@ -116,7 +118,7 @@ def test_layer_heatmap_of_a_checkpoint_with_itself_mirrors_the_stored_half():
     rows = [_sim_row("x-s0/L00", "x-s0/L00", a, b, v)
             for a, b, v in [("fc1", "fc1", 1.0), ("fc1", "fc2", 0.3), ("fc2", "fc2", 1.0)]]
     sim = _frame(rows, "similarity")
-    image = plots.layer_heatmap(sim, "m", "x-s0/L00", "x-s0/L00").axes[0].get_images()[0].get_array()
+    image = plots.layer_heatmap(sim, measure="m", a_checkpoint="x-s0/L00", b_checkpoint="x-s0/L00").axes[0].get_images()[0].get_array()
     np.testing.assert_allclose(image, [[1.0, 0.3], [0.3, 1.0]])
 
 
@@ -126,7 +128,7 @@ def test_entropy_distributions_has_a_panel_per_layer_and_a_line_per_level():
     rng = np.random.default_rng(0)
     rows = [{"checkpoint_id": cid, "layer": layer, "unit": u, "entropy": float(rng.uniform(0, 10)), "rates": [0.5]}
             for cid in levels["checkpoint_id"] for layer in ("fc1_relu", "fc2_relu") for u in range(20)]
-    fig = plots.entropy_distributions(_frame(rows, "neurons"), levels)
+    fig = unit_plots.entropy_distributions(_frame(rows, "neurons"), levels)
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in axes] == ["fc1_relu", "fc2_relu"]
     assert all(len(_lines(ax)) == len(SPARSITY) for ax in axes)
@@ -138,11 +140,11 @@ def test_locality_by_level_has_a_box_per_level_and_drops_undefined_values():
     levels = _levels(lineages)
     rows = [{"checkpoint_id": cid, "layer": "fc1", "unit": u, "n_inputs": 5, "spread": 1.0,
              "locality": None if u == 0 else 0.1 * u} for cid in levels["checkpoint_id"] for u in range(4)]
-    fig = plots.locality_by_level(_frame(rows, "receptive_fields"), levels)
+    fig = unit_plots.locality_by_level(_frame(rows, "receptive_fields"), levels)
     (ax,) = [ax for ax in fig.axes if ax.get_visible()]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["L0\n0.00", "L1\n0.20", "L2\n0.36"]
     with pytest.raises(ValueError, match="locality"):
-        plots.locality_by_level(_frame(rows[:1], "receptive_fields"), levels)
+        unit_plots.locality_by_level(_frame(rows[:1], "receptive_fields"), levels)
 
 
 def _displacements(levels: pl.DataFrame, *, cross: bool) -> pl.DataFrame:
@@ -160,7 +162,7 @@ def _displacements(levels: pl.DataFrame, *, cross: bool) -> pl.DataFrame:
 def test_displacement_histograms_have_a_line_per_level_and_a_column_per_channel_kind(cross):
     lineages = _lineages(configs=("cA",))
     levels = _levels(lineages)
-    fig = plots.displacement_histograms(_displacements(levels, cross=cross), levels, lineages=lineages)
+    fig = unit_plots.displacement_histograms(_displacements(levels, cross=cross), levels, lineages=lineages)
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert len(axes) == (2 if cross else 1)
     assert "same channel" in axes[0].get_title() and (not cross or "different channel" in axes[1].get_title())
@@ -173,12 +175,13 @@ def test_displacement_histograms_have_a_line_per_level_and_a_column_per_channel_
 
 
 def test_displacement_histograms_without_counts_raise():
-    levels = _levels(_lineages())
+    lineages = _lineages()
+    levels = _levels(lineages)
     with pytest.raises(ValueError, match="no displacement counts"):
-        plots.displacement_histograms(_frame([], "displacements"), levels)
+        unit_plots.displacement_histograms(_frame([], "displacements"), levels, lineages=lineages)
     zeros = _displacements(levels, cross=False).with_columns(pl.lit(0).alias("same_channel"))
     with pytest.raises(ValueError, match="no displacement counts"):
-        plots.displacement_histograms(zeros, levels)
+        unit_plots.displacement_histograms(zeros, levels, lineages=lineages)
 
 
 @pytest.mark.parametrize("input_shape, picture", [((1, 4, 4), (4, 4)), ((3, 2, 5), (2, 5)), ((12,), (1, 12)),
@@ -188,7 +191,7 @@ def test_receptive_field_images_draw_masks_in_input_space(input_shape, picture):
     dense = np.ones((5, n), dtype=bool)
     sparse = np.zeros((5, n), dtype=bool)
     sparse[3, :2] = True
-    fig = plots.receptive_field_images([("dense", dense), ("sparse", sparse)], input_shape, units=[1, 3])
+    fig = unit_plots.receptive_field_images([("dense", dense), ("sparse", sparse)], input_shape, units=[1, 3])
     assert len(fig.axes) == 4
     images = [ax.get_images()[0].get_array() for ax in fig.axes]
     assert all(im.shape == picture for im in images)
@@ -198,7 +201,7 @@ def test_receptive_field_images_draw_masks_in_input_space(input_shape, picture):
 
 def test_receptive_field_images_reject_a_mask_of_the_wrong_width():
     with pytest.raises(ValueError, match=r"\[units, 16\]"):
-        plots.receptive_field_images([("x", np.ones((2, 15), dtype=bool))], (1, 4, 4), units=[0])
+        unit_plots.receptive_field_images([("x", np.ones((2, 15), dtype=bool))], (1, 4, 4), units=[0])
 
 
 def test_config_labels_name_what_differs_and_fall_back_to_the_id():
@@ -214,7 +217,7 @@ def test_empty_inputs_raise_value_error():
     with pytest.raises(ValueError, match="no levels"):
         plots.accuracy_vs_sparsity(_levels(lineages).clear(), lineages)
     with pytest.raises(ValueError, match="entropies"):
-        plots.entropy_distributions(_frame([], "neurons"), _levels(lineages))
+        unit_plots.entropy_distributions(_frame([], "neurons"), _levels(lineages))
 
 
 def test_sort_layers_is_natural():
