@@ -14,7 +14,7 @@ from analysis.tables import upsert
 from trainables.checkpoints import LineageCheckpoints
 from trainables.ids import parse_lineage_id
 from trainables.layout import Layout
-from trainables.tracking import KIND_LEVEL, TAG, search_all, sweep_members, tag_filter
+from trainables.tracking import KIND_LEVEL, LEVEL_METRICS, TAG, search_all, sweep_members, tag_filter
 
 CATALOG_COLUMNS = {
     "checkpoint_id": pl.String, "lineage_id": pl.String, "config_id": pl.String, "level": pl.Int32,
@@ -35,53 +35,51 @@ def build_catalog(sweep: str, *, tracking_uri: str, workdir: str | os.PathLike) 
     points where it should be), so that the analysis reports it rather than silently skipping it.
     """
     client = MlflowClient(tracking_uri)
-    parents = sweep_lineage_runs(client, sweep)
-    lineage_ids = sorted({r.data.tags[f"{TAG}lineage_id"] for r in parents})
-    wanted = set(lineage_ids)
-    levels = [
-        r for r in search_all(client, tag_filter(kind=KIND_LEVEL))
-        if r.info.status == "FINISHED" and r.data.tags.get(f"{TAG}lineage_id") in wanted
-    ]
-    lineage_rows, level_rows, layer_rows, catalog_rows = [], [], [], []
+    lineage_ids = sorted({r.data.tags[f"{TAG}lineage_id"] for r in sweep_lineage_runs(client, sweep)})
     specs = {lid: _stored_spec(workdir, lid) for lid in lineage_ids}
-    for lid in lineage_ids:
-        spec = specs[lid]["spec"]
-        lineage_rows.append({
-            "lineage_id": lid, "config_id": parse_lineage_id(lid)[0], "model": spec["model"],
-            "dataset": spec["dataset"], "seed": spec["seed"], "schedule": spec["prune"]["schedule"],
-            "rewind": spec["prune"]["rewind"], "rate": spec["prune"]["rate"],
-            "spec_json": json.dumps(specs[lid]["identity"], sort_keys=True),
-        })
-    seen = set()
-    for run in sorted(levels, key=lambda r: r.info.start_time or 0):
-        tags, lid = run.data.tags, run.data.tags[f"{TAG}lineage_id"]
-        cid, level = tags[f"{TAG}checkpoint_id"], int(tags[f"{TAG}level"])
-        if cid in seen:
-            continue
-        seen.add(cid)
+    level_rows, layer_rows, catalog_rows = [], [], []
+    for run in _finished_levels(client, set(lineage_ids)):
+        tags = run.data.tags
+        lid, cid, level = tags[f"{TAG}lineage_id"], tags[f"{TAG}checkpoint_id"], int(tags[f"{TAG}level"])
         stored = LineageCheckpoints(workdir, lid)
-        path = stored.level_dir(level)
-        m = run.data.metrics
-        level_rows.append({
-            "checkpoint_id": cid, "lineage_id": lid, "level": level,
-            **{k: m.get(k) for k in ("sparsity", "sparsity_all", "test_acc", "test_loss", "train_loss",
-                                     "epochs", "wall_s")},
-            "checkpoint_uri": path.resolve().as_uri(), "mlflow_run_id": run.info.run_id,
-        })
+        path = stored.level_dir(level).resolve()
+        level_rows.append({"checkpoint_id": cid, "lineage_id": lid, "level": level,
+                           **{k: run.data.metrics.get(k) for k in LEVEL_METRICS},
+                           "checkpoint_uri": path.as_uri(), "mlflow_run_id": run.info.run_id})
         layer_rows += _layer_rows(stored, level, cid)
         spec = specs[lid]["spec"]
-        catalog_rows.append({
-            "checkpoint_id": cid, "lineage_id": lid, "config_id": parse_lineage_id(lid)[0], "level": level,
-            "model": spec["model"], "dataset": spec["dataset"], "seed": spec["seed"],
-            "checkpoint_path": str(path.resolve()), "spec_json": json.dumps(spec, sort_keys=True),
-            "mlflow_run_id": run.info.run_id,
-        })
-    upsert(workdir, "lineages", rows=lineage_rows, key=["lineage_id"])
+        catalog_rows.append({"checkpoint_id": cid, "lineage_id": lid, "config_id": parse_lineage_id(lid)[0],
+                             "level": level, "model": spec["model"], "dataset": spec["dataset"], "seed": spec["seed"],
+                             "checkpoint_path": str(path), "spec_json": json.dumps(spec, sort_keys=True),
+                             "mlflow_run_id": run.info.run_id})
+    upsert(workdir, "lineages", rows=[_lineage_row(lid, specs[lid]) for lid in lineage_ids], key=["lineage_id"])
     upsert(workdir, "sweep_lineages", rows=[{"sweep": sweep, "lineage_id": lid} for lid in lineage_ids],
            key=["sweep", "lineage_id"])
     upsert(workdir, "levels", rows=level_rows, key=["checkpoint_id"])
     upsert(workdir, "layers", rows=layer_rows, key=["checkpoint_id", "layer"])
     return pl.DataFrame(catalog_rows, schema=CATALOG_COLUMNS).sort("checkpoint_id")
+
+
+def _finished_levels(client: MlflowClient, lineage_ids: set[str]) -> list:
+    """The FINISHED level runs of `lineage_ids`, oldest first, one per checkpoint (the earliest
+    if an old bug made two)."""
+    runs = [r for r in search_all(client, tag_filter(kind=KIND_LEVEL))
+            if r.info.status == "FINISHED" and r.data.tags.get(f"{TAG}lineage_id") in lineage_ids]
+    seen, out = set(), []
+    for run in sorted(runs, key=lambda r: r.info.start_time or 0):
+        cid = run.data.tags[f"{TAG}checkpoint_id"]
+        if cid not in seen:
+            seen.add(cid)
+            out.append(run)
+    return out
+
+
+def _lineage_row(lid: str, stored: dict) -> dict:
+    spec = stored["spec"]
+    return {"lineage_id": lid, "config_id": parse_lineage_id(lid)[0], "model": spec["model"],
+            "dataset": spec["dataset"], "seed": spec["seed"], "schedule": spec["prune"]["schedule"],
+            "rewind": spec["prune"]["rewind"], "rate": spec["prune"]["rate"],
+            "spec_json": json.dumps(stored["identity"], sort_keys=True)}
 
 
 def _stored_spec(workdir: str | os.PathLike, lid: str) -> dict:

@@ -44,7 +44,8 @@ def pair_key(a: Rep, b: Rep) -> tuple[str, str, str, str]:
     return (a.checkpoint_id, a.layer, b.checkpoint_id, b.layer)
 
 
-def canonical(a: Rep, b: Rep) -> tuple[Rep, Rep]:
+def canonical_pair(a: Rep, b: Rep) -> tuple[Rep, Rep]:
+    """The pair in its stored order: by checkpoint id, then layer."""
     return (a, b) if (a.checkpoint_id, a.layer) <= (b.checkpoint_id, b.layer) else (b, a)
 
 
@@ -88,7 +89,7 @@ def pair_set(reps: Sequence[Rep], *, layers: str, scope: str) -> list[tuple[Rep,
                 for rb in ckpt_reps[cb.checkpoint_id]:
                     if layers == "same" and ra.layer != rb.layer:
                         continue
-                    out.add(canonical(ra, rb))
+                    out.add(canonical_pair(ra, rb))
     return sorted(out, key=lambda p: pair_key(*p))
 
 
