@@ -40,7 +40,7 @@ def sleep_trainable(config: dict, *, work_s: float) -> None:
     from ray import tune
 
     from trainables.ids import checkpoint_id, lineage_id
-    from trainables.lineage import LevelResult
+    from trainables.lineage_run import LevelResult
     from trainables.tracking import find_level_runs, lineage_tags, log_level, set_lineage_status
     from trainables.trials import LineageTrial
 

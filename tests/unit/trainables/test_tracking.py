@@ -29,7 +29,7 @@ def test_parent_runs_are_created_once_and_joined_to_every_sweep(tiny_spec, tmp_p
 
 
 def test_level_runs_say_which_precision_trained_them(tiny_spec, tmp_path):
-    from trainables.lineage import run_lineage
+    from trainables import run_lineage
     from trainables.tracking import TrackingRef, find_level_runs, lineage_tags, log_level
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
