@@ -9,6 +9,7 @@ folder holds `state.pt` (model, masks, optimizer, progress, training mode, RNG s
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -90,7 +91,7 @@ class LineageCheckpoints:
         self.layout, self.lineage_id = Layout(workdir), lineage_id
         self.root = self.layout.lineage_dir(lineage_id)
 
-    def lock(self):
+    def lock(self) -> contextlib.AbstractContextManager[None]:
         """A `with` block in which this process is the lineage's only trainer (others wait)."""
         return storage.exclusive_lock(self.layout.lineage_lock(self.lineage_id))
 

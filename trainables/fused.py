@@ -170,31 +170,31 @@ class _Bundle:
             results[i] = run.finish_level(plan, progress)
         return [results[i] for i in active]
 
-    def _train_together(self, plan: LevelPlan, stack_of: list[Training], until: int) -> None:
-        """Train `stack_of` (all at the same epoch and step) as one stack up to epoch `until`."""
-        runs = [run for run, _ in stack_of]
+    def _train_together(self, plan: LevelPlan, members: list[Training], until: int) -> None:
+        """Train `members` (all at the same epoch and step) as one stack up to epoch `until`."""
+        runs = [run for run, _ in members]
         stack = StackedModel([run.model for run in runs], self.structure)
         group = make_optimizer(runs[0].model, self.train, runs[0].peak_lr(plan)).state_dict()["param_groups"][0]
         optimizer = StackedOptimizer(stack.params, kind=self.train.optimizer, group=group,
-                                     states=[progress.optimizer for _, progress in stack_of])
-        optimizer.set_masks([progress.masks for _, progress in stack_of])
-        epoch, step = stack_of[0][1].epoch, stack_of[0][1].step
+                                     states=[progress.optimizer for _, progress in members])
+        optimizer.set_masks([progress.masks for _, progress in members])
+        epoch, step = members[0][1].epoch, members[0][1].step
         while epoch < until:
             t0 = time.perf_counter()
-            losses, n = self._epoch(plan, stack, optimizer, stack_of, epoch, step)
+            losses, n = self._epoch(plan, stack, optimizer, members, epoch, step)
             epoch, step, wall = epoch + 1, step + n, time.perf_counter() - t0
-            for k, (run, progress) in enumerate(stack_of):
+            for k, (run, progress) in enumerate(members):
                 # wall_s is the wall-clock time of the level, which the lineages of a stack share.
                 progress.epoch, progress.step, progress.wall_s = epoch, step, progress.wall_s + wall
                 progress.train_losses.append(losses[k])
                 progress.optimizer = optimizer.state_dict(k, run.lr_of_step(plan, step - 1))
-            saved = [run.save_progress(plan, progress) for run, progress in stack_of]
+            saved = [run.save_progress(plan, progress) for run, progress in members]
             if any(saved) and self.on_epoch is not None:
                 self.on_epoch(plan.level, epoch)
 
-    def _epoch(self, plan, stack, optimizer, stack_of, epoch, first_step) -> tuple[list[float], int]:
+    def _epoch(self, plan, stack, optimizer, members, epoch, first_step) -> tuple[list[float], int]:
         """One epoch of every lineage of the stack. Returns (mean training loss per lineage, steps)."""
-        runs = [run for run, _ in stack_of]
+        runs = [run for run, _ in members]
         epochs = [run.batches(plan, epoch, channels_last=False) for run in runs]
         total = torch.zeros(len(runs), dtype=torch.float64, device=self.device)
         forward_context = autocast(self.device, runs[0].precision)  # once per epoch, as train_epoch does
@@ -210,7 +210,7 @@ class _Bundle:
             optimizer.step(lrs)
             total += losses.detach().double()
             step += 1
-            for k, (run, progress) in enumerate(stack_of):
+            for k, (run, progress) in enumerate(members):
                 run.after_step(plan, progress, step=step)
                 if plan.gradual is not None:
                     optimizer.sync_masks(k, progress.masks)
