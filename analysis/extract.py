@@ -118,7 +118,7 @@ class CheckpointExtractor:
         key = probe_key(lineage_spec, size=size, seed=self.spec.probe_seed)
         rows = []
         for layer, act in capture(model, x, layers=tuple(model.probe_layers)).items():
-            file = self.layout.activation_file(key, cid, layer)
+            file = self.layout.activation_file(key, cid, layer=layer)
             buffer = io.BytesIO()
             np.save(buffer, act)
             storage.write_bytes(file, buffer.getvalue())
