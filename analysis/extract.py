@@ -118,7 +118,7 @@ class CheckpointExtractor:
         key = probe_key(lineage_spec, size=size, seed=self.spec.probe_seed)
         rows = []
         for layer, act in capture(model, x, layers=tuple(model.probe_layers)).items():
-            file = self.layout.activation_file(key, cid, layer)
+            file = self.layout.activation_file(key, cid, layer=layer)
             buffer = io.BytesIO()
             np.save(buffer, act)
             storage.write_bytes(file, buffer.getvalue())
@@ -128,7 +128,7 @@ class CheckpointExtractor:
     def _neurons(self, cid: str, model: nn.Module, x, y, num_classes: int, out: Path) -> None:
         from analysis.neurons import neuron_rows, psp_entropy
 
-        rows = neuron_rows(cid, psp_entropy(model, x, y, num_classes=num_classes))
+        rows = neuron_rows(cid, psp_entropy(model, x, y=y, num_classes=num_classes))
         write_parquet_atomic(to_arrow(rows, "neurons"), out)
 
     def _receptive_fields(self, cid: str, model: nn.Module, masks, input_shape, target: Products) -> None:
@@ -151,7 +151,7 @@ class CheckpointExtractor:
         chosen = torch.randperm(len(splits.x_train), generator=torch.Generator().manual_seed(self.spec.probe_seed))[:n]
         x = splits.x_train[chosen].to(self.device)
         y = splits.y_train[chosen].to(self.device)
-        result = sharpness(model, masks, x, y, epsilon=self.spec.sharpness_epsilon,
+        result = sharpness(model, masks, x=x, y=y, epsilon=self.spec.sharpness_epsilon,
                            n_iterations=self.spec.sharpness_iterations, seed=self.spec.probe_seed)
         storage.write_json(out, {"hessian_top_eig": result.hessian_top_eig,
                                 "perturbed_loss_increase": result.perturbed_loss_increase,

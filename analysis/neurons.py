@@ -38,7 +38,7 @@ class NeuronEntropy:
 
 
 @torch.no_grad()
-def psp_entropy(model: nn.Module, x: Tensor, y: Tensor, *, num_classes: int, per_position: bool = False,
+def psp_entropy(model: nn.Module, x: Tensor, *, y: Tensor, num_classes: int, per_position: bool = False,
                 batch_size: int = 1024) -> list[NeuronEntropy]:
     """PSP-entropy of every probe layer that has a pre-activation (the logits layer has none).
 

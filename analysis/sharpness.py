@@ -31,7 +31,7 @@ class Sharpness:
     loss: float  # loss(w): mean cross-entropy on the batch
 
 
-def sharpness(model: nn.Module, masks: dict[str, Tensor], x: Tensor, y: Tensor, *, epsilon: float = 1e-2,
+def sharpness(model: nn.Module, masks: dict[str, Tensor], *, x: Tensor, y: Tensor, epsilon: float = 1e-2,
               n_iterations: int = 20, n_perturbations: int = 5, seed: int = 0) -> Sharpness:
     """Sharpness of `model` at its weights, restricted to the unpruned ones.
 

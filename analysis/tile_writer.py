@@ -136,7 +136,7 @@ class TileWriter:
                 "conv_mode": conv_mode,
                 "options": json.dumps(options, sort_keys=True), "status": str(result.status[i, j]),
             })
-        path = self.layout.similarity_file(self.measure, self.analysis_id, tile.tile_id)
+        path = self.layout.similarity_file(self.measure, analysis_id=self.analysis_id, tile_id=tile.tile_id)
         write_parquet_atomic(to_arrow(out, "similarity"), path)
         return len(out)
 

@@ -116,7 +116,7 @@ def initial_model(name: str, shape: tuple[int, ...], seed: int) -> nn.Module:
 def impsweep_masks(model: nn.Module, sparsity: float = SPARSITY) -> Masks:
     """What an IMP lineage holds at `sparsity`: magnitude masks after log(1-s)/log(1-rate) rounds."""
     names = prunable_names(model, PRUNE)
-    return magnitude_masks(model, dense_masks(model, names), PRUNE, rounds_for(sparsity, PRUNE.rate))
+    return magnitude_masks(model, dense_masks(model, names), spec=PRUNE, rounds=rounds_for(sparsity, PRUNE.rate))
 
 
 # ---- impsweep's loop --------------------------------------------------------------------------
@@ -152,7 +152,7 @@ class ImpsweepRun:
 
     def steps(self, n: int) -> int:
         """`n` steps from the start of an epoch (warm-up)."""
-        _, taken = train_epoch(self.model, self.optimizer, islice(self._batches(), n), masks=self.masks,
+        _, taken = train_epoch(self.model, self.optimizer, batches=islice(self._batches(), n), masks=self.masks,
                                lr_of_step=self._lr, first_step=self.step, forward=self.forward,
                                precision=self.precision)
         self.step += taken
@@ -161,7 +161,7 @@ class ImpsweepRun:
     def epochs(self, n: int) -> int:
         total = 0
         for _ in range(n):
-            _, taken = train_epoch(self.model, self.optimizer, self._batches(), masks=self.masks,
+            _, taken = train_epoch(self.model, self.optimizer, batches=self._batches(), masks=self.masks,
                                    lr_of_step=self._lr, first_step=self.step, forward=self.forward,
                                    precision=self.precision)
             self.step += taken

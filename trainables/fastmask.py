@@ -7,7 +7,7 @@ their masks, already in the parameters' dtype, in lists, and per step multiplies
 parameters and their matching optimizer buffers in one `torch._foreach_mul_`.
 
 The result is bit-identical to `apply_masks(model, masks)` followed by
-`zero_pruned_state(optimizer, model, masks)`: multiplying by 1.0 or 0.0 is exact in every
+`zero_pruned_state(optimizer, model, masks=masks)`: multiplying by 1.0 or 0.0 is exact in every
 floating dtype, as is multiplying by True/False. Optimizer buffers are looked up per call
 (they appear after the first step and are replaced by `load_state_dict`), and a change to the
 masks dict (as the gradual schedule makes with `masks.update(...)`) is picked up on the next
@@ -31,7 +31,7 @@ from trainables.masks import Masks
 
 
 class MaskApplier:
-    """`applier(optimizer)` == `apply_masks(model, masks); zero_pruned_state(optimizer, model, masks)`."""
+    """`applier(optimizer)` == `apply_masks(model, masks); zero_pruned_state(optimizer, model, masks=masks)`."""
 
     def __init__(self, model: nn.Module, masks: Masks):
         self.model, self.masks = model, masks

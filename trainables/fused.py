@@ -174,7 +174,7 @@ class _Bundle:
         """Train `members` (all at the same epoch and step) as one stack up to epoch `until`."""
         runs = [run for run, _ in members]
         stack = StackedModel([run.model for run in runs], self.structure)
-        group = make_optimizer(runs[0].model, self.train, runs[0].peak_lr(plan)).state_dict()["param_groups"][0]
+        group = make_optimizer(runs[0].model, self.train, lr=runs[0].peak_lr(plan)).state_dict()["param_groups"][0]
         optimizer = StackedOptimizer(stack.params, kind=self.train.optimizer, group=group,
                                      states=[progress.optimizer for _, progress in members])
         optimizer.set_masks([progress.masks for _, progress in members])

@@ -77,7 +77,7 @@ def parse_lineage_id(lineage: str) -> tuple[str, int]:
     return match.group(1), int(match.group(2))
 
 
-def checkpoint_id(lineage: str, level: int, step: int | None = None) -> str:
+def checkpoint_id(lineage: str, level: int, *, step: int | None = None) -> str:
     """`<lineage_id>/L<level>`, plus `/it<step>` for a rewind point inside a level."""
     cid = f"{lineage}/L{level:02d}"
     return cid if step is None else f"{cid}/it{step}"

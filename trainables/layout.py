@@ -89,7 +89,7 @@ class Layout:
     def activations_dir(self) -> Path:
         return self.analysis_dir / "activations"
 
-    def activation_file(self, probe_key: str, checkpoint_id: str, layer: str) -> Path:
+    def activation_file(self, probe_key: str, checkpoint_id: str, *, layer: str) -> Path:
         return self.activations_dir / probe_key / checkpoint_id / f"{layer}.npy"
 
     def activation_index(self, probe_rule: str, checkpoint_id: str) -> Path:
@@ -129,7 +129,7 @@ class Layout:
         """The Hive partition of one measure."""
         return self.table_dir("similarity") / f"measure={measure}"
 
-    def similarity_file(self, measure: str, analysis_id: str, tile_id: str) -> Path:
+    def similarity_file(self, measure: str, *, analysis_id: str, tile_id: str) -> Path:
         """The file of one tile of pairs."""
         return self.similarity_dir(measure) / f"part-{analysis_id}-{tile_id}.parquet"
 

@@ -65,13 +65,13 @@ def run_lineage(
 def _train_level(run: LineageRun, plan: LevelPlan, on_epoch: Callable[[int, int], None] | None) -> LevelResult:
     """Train level `plan.level` of `run` alone, from where it stands, and commit it."""
     progress = run.resume_or_start(plan)
-    optimizer = make_optimizer(run.model, run.spec.train, run.peak_lr(plan))
+    optimizer = make_optimizer(run.model, run.spec.train, lr=run.peak_lr(plan))
     if progress.optimizer is not None:
         optimizer.load_state_dict(progress.optimizer)
     while progress.epoch < plan.epochs:
         t0 = time.perf_counter()
         loss, n = train_epoch(
-            run.model, optimizer, run.batches(plan, progress.epoch), masks=progress.masks,
+            run.model, optimizer, batches=run.batches(plan, progress.epoch), masks=progress.masks,
             lr_of_step=lambda s: run.lr_of_step(plan, s), first_step=progress.step,
             on_step=lambda s: run.after_step(plan, progress, step=s), forward=run.forward, precision=run.precision,
         )

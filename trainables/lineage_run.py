@@ -150,7 +150,7 @@ class LineageRun:
         if plan.level == 0 and self.spec.prune.rewind == "step" and step == self.spec.prune.rewind_step:
             self.checkpoints.save_rewind_point(self._model_state(), step=step)
         if plan.gradual is not None:
-            plan.gradual.update(step, self.model, progress.masks)
+            plan.gradual.update(step, model=self.model, masks=progress.masks)
 
     def save_progress(self, plan: LevelPlan, progress: LevelProgress) -> bool:
         """Write the in-level resume point after `progress.epoch` epochs if the checkpoint period
@@ -164,7 +164,7 @@ class LineageRun:
 
     def finish_level(self, plan: LevelPlan, progress: LevelProgress) -> LevelResult:
         """Evaluate the trained level and commit its checkpoint."""
-        test_loss, test_acc = evaluate(self.forward, self.x_test, self.y_test, device=self.device,
+        test_loss, test_acc = evaluate(self.forward, self.x_test, y=self.y_test, device=self.device,
                                        precision=self.precision)
         report = sparsity_report(self.model, progress.masks)
         metrics = {
@@ -224,7 +224,8 @@ class LineageRun:
             return dense_masks(self.model, self.names)
         source = self.checkpoints.load_level(plan.source_level, self.device)
         self.model.load_state_dict(source.model)
-        masks = level_masks(self.spec, plan, self.model, source.masks, seed_of(self.spec.seed, "random_prune", plan.level))
+        masks = level_masks(self.spec, plan, model=self.model, source_masks=source.masks,
+                            generator_seed=seed_of(self.spec.seed, "random_prune", plan.level))
         if self.spec.prune.control == "random_reinit":
             fresh = self._fresh_model(seed_of(self.spec.seed, "reinit", plan.level))
             self.model.load_state_dict(fresh.state_dict())

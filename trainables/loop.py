@@ -19,7 +19,7 @@ from trainables.optim import SGD
 from trainables.specs import TrainSpec
 
 
-def make_optimizer(model: nn.Module, train: TrainSpec, lr: float | None = None) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, train: TrainSpec, *, lr: float | None = None) -> torch.optim.Optimizer:
     lr = train.lr if lr is None else lr
     if train.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=train.weight_decay)
@@ -80,8 +80,8 @@ def autocast(device: torch.device, precision: str = "auto"):
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     *,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     masks: Masks,
     lr_of_step: Callable[[int], float],
     first_step: int,
@@ -130,7 +130,7 @@ def train_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1024, device: torch.device | None = None,
+    model: nn.Module, x: torch.Tensor, *, y: torch.Tensor, batch_size: int = 1024, device: torch.device | None = None,
     precision: str = "auto",
 ) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of `model` on x: [n, ...], y: [n]; batches are moved to

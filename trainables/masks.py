@@ -77,7 +77,7 @@ def apply_masks(model: nn.Module, masks: Masks) -> None:
 
 
 @torch.no_grad()
-def zero_pruned_state(optimizer: torch.optim.Optimizer, model: nn.Module, masks: Masks) -> None:
+def zero_pruned_state(optimizer: torch.optim.Optimizer, model: nn.Module, *, masks: Masks) -> None:
     """Zero optimizer buffers (momentum, Adam moments) of pruned weights."""
     params = dict(model.named_parameters())
     for name, mask in masks.items():

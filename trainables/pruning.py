@@ -25,7 +25,7 @@ def _override(name: str, output_layer: str, layer_rates: dict[str, float]) -> fl
     return None
 
 
-def prune_groups(names: tuple[str, ...], spec: PruneSpec, output_layer: str) -> list[tuple[tuple[str, ...], float]]:
+def prune_groups(names: tuple[str, ...], spec: PruneSpec, *, output_layer: str) -> list[tuple[tuple[str, ...], float]]:
     """Groups ranked together, each with its rate: one global group (scope: global) or one per
     parameter (scope: layerwise); a parameter with a rate override is always its own group."""
     shared: list[str] = []
@@ -49,7 +49,7 @@ def rounds_for(sparsity: float, rate: float) -> float:
 
 
 @torch.no_grad()
-def magnitude_masks(model: nn.Module, masks: Masks, spec: PruneSpec, rounds: float) -> Masks:
+def magnitude_masks(model: nn.Module, masks: Masks, *, spec: PruneSpec, rounds: float) -> Masks:
     """Masks after `rounds` IMP rounds' worth of pruning, removing the smallest surviving |w|.
 
     rounds: k for IMP level k; fractional for a target sparsity (oneshot, gradual).
@@ -57,7 +57,7 @@ def magnitude_masks(model: nn.Module, masks: Masks, spec: PruneSpec, rounds: flo
     params = dict(model.named_parameters())
     output_layer = getattr(model, "output_layer", "")
     new = {name: m.clone() for name, m in masks.items()}
-    for names, rate in prune_groups(tuple(masks), spec, output_layer):
+    for names, rate in prune_groups(tuple(masks), spec, output_layer=output_layer):
         n_total = sum(masks[n].numel() for n in names)
         n_keep = round(n_total * (1 - rate) ** rounds) if rate > 0 else n_total
         scores = torch.cat([params[n].detach().abs().flatten()[masks[n].flatten()] for n in names])
@@ -97,7 +97,7 @@ def _scatter(masks: Masks, names: tuple[str, ...], keep: torch.Tensor) -> None:
         masks[name] = flat.view_as(masks[name])
 
 
-def random_masks_like(masks: Masks, counts: dict[str, int], generator: torch.Generator) -> Masks:
+def random_masks_like(masks: Masks, counts: dict[str, int], *, generator: torch.Generator) -> Masks:
     """Random masks nested in `masks`, keeping `counts[name]` weights of each parameter."""
     new = {}
     for name, mask in masks.items():

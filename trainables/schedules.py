@@ -29,7 +29,7 @@ class GradualRamp:
     end_step: int
     every: int
 
-    def update(self, step: int, model: nn.Module, masks: Masks) -> None:
+    def update(self, step: int, *, model: nn.Module, masks: Masks) -> None:
         if step < self.start_step or step > self.end_step:
             return
         if (step - self.start_step) % self.every and step != self.end_step:
@@ -37,7 +37,7 @@ class GradualRamp:
         target = cubic_sparsity(step, start_step=self.start_step, end_step=self.end_step, final=self.final)
         if target <= 0:
             return
-        masks.update(magnitude_masks(model, masks, self.prune, rounds_for(target, self.prune.rate)))
+        masks.update(magnitude_masks(model, masks, spec=self.prune, rounds=rounds_for(target, self.prune.rate)))
         apply_masks(model, masks)
 
 
@@ -83,14 +83,14 @@ def level_plans(spec: LineageSpec, steps_per_epoch: int = 1) -> list[LevelPlan]:
 
 
 def level_masks(
-    spec: LineageSpec, plan: LevelPlan, model: nn.Module, source_masks: Masks, generator_seed: int
+    spec: LineageSpec, plan: LevelPlan, *, model: nn.Module, source_masks: Masks, generator_seed: int
 ) -> Masks:
     """Masks a level starts training with; `model` holds the source level's trained weights."""
     if plan.gradual is not None:
         return dense_masks(model, tuple(source_masks))
-    masks = magnitude_masks(model, source_masks, spec.prune, plan.rounds)
+    masks = magnitude_masks(model, source_masks, spec=spec.prune, rounds=plan.rounds)
     if spec.prune.control == "random_prune":
         counts = {name: int(m.sum()) for name, m in masks.items()}
         generator = torch.Generator().manual_seed(generator_seed)
-        masks = random_masks_like(source_masks, counts, generator)
+        masks = random_masks_like(source_masks, counts, generator=generator)
     return masks

@@ -20,12 +20,12 @@ def _conv_net(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.M
     BatchNorm, biases kept, as in the paper. Probes: every `conv{i}_relu`, `fc1_relu`,
     `fc2_relu`, and the logits `fc3`.
     """
-    features, channels, height, width = conv_stack(name, _CFGS[name], input_shape, batchnorm=False)
+    features, channels, height, width = conv_stack(name, _CFGS[name], input_shape=input_shape, batchnorm=False)
     return probed_sequential([
         *features,
         ("flatten", nn.Flatten()),
-        *dense_block("fc1", channels * height * width, 256, batchnorm=False),
-        *dense_block("fc2", 256, 256, batchnorm=False),
+        *dense_block("fc1", in_features=channels * height * width, out_features=256, batchnorm=False),
+        *dense_block("fc2", in_features=256, out_features=256, batchnorm=False),
         ("fc3", nn.Linear(256, num_classes)),
     ])
 

@@ -23,7 +23,7 @@ def fcn(input_shape: tuple[int, ...], num_classes: int, *,
     layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
     in_features = flat_features(input_shape)
     for i, width in enumerate(widths, start=1):
-        layers += dense_block(f"fc{i}", in_features, width, batchnorm=batchnorm)
+        layers += dense_block(f"fc{i}", in_features=in_features, out_features=width, batchnorm=batchnorm)
         in_features = width
     layers.append((f"fc{len(widths) + 1}", nn.Linear(in_features, num_classes)))
     return probed_sequential(layers)

@@ -36,7 +36,7 @@ def flat_features(input_shape: tuple[int, ...]) -> int:
     return n
 
 
-def dense_block(name: str, in_features: int, out_features: int, *, batchnorm: bool) -> list[tuple[str, nn.Module]]:
+def dense_block(name: str, *, in_features: int, out_features: int, batchnorm: bool) -> list[tuple[str, nn.Module]]:
     """`name` Linear [→ `name_bn` BatchNorm1d] → `name_relu` ReLU.
 
     The bias is dropped when BatchNorm follows: BN's shift makes it redundant, and a
@@ -49,7 +49,7 @@ def dense_block(name: str, in_features: int, out_features: int, *, batchnorm: bo
     return layers
 
 
-def conv_block(name: str, in_channels: int, out_channels: int, *, batchnorm: bool) -> list[tuple[str, nn.Module]]:
+def conv_block(name: str, *, in_channels: int, out_channels: int, batchnorm: bool) -> list[tuple[str, nn.Module]]:
     """`name` 3×3 same-padding Conv2d [→ `name_bn` BatchNorm2d] → `name_relu` ReLU."""
     conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=not batchnorm)
     layers: list[tuple[str, nn.Module]] = [(name, conv)]
@@ -101,7 +101,7 @@ def annotate(model: nn.Module, *, probe_layers: Sequence[str], output_layer: str
     model.preactivation_layers = dict(preactivation_layers)
 
 
-def conv_stack(model: str, cfg: Sequence[int | str], input_shape: tuple[int, ...], *,
+def conv_stack(model: str, cfg: Sequence[int | str], *, input_shape: tuple[int, ...],
                batchnorm: bool) -> tuple[list[tuple[str, nn.Module]], int, int, int]:
     """Layers for a VGG-style `cfg` (channel counts, `"M"` for 2×2 max-pooling).
 
@@ -120,6 +120,6 @@ def conv_stack(model: str, cfg: Sequence[int | str], input_shape: tuple[int, ...
                 height, width = height // 2, width // 2
         else:
             n_conv += 1
-            layers += conv_block(f"conv{n_conv}", channels, int(item), batchnorm=batchnorm)
+            layers += conv_block(f"conv{n_conv}", in_channels=channels, out_channels=int(item), batchnorm=batchnorm)
             channels = int(item)
     return layers, channels, height, width

@@ -15,8 +15,8 @@ def lenet_300_100(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """
     return probed_sequential([
         ("flatten", nn.Flatten()),
-        *dense_block("fc1", flat_features(input_shape), 300, batchnorm=False),
-        *dense_block("fc2", 300, 100, batchnorm=False),
+        *dense_block("fc1", in_features=flat_features(input_shape), out_features=300, batchnorm=False),
+        *dense_block("fc2", in_features=300, out_features=100, batchnorm=False),
         ("fc3", nn.Linear(100, num_classes)),
     ])
 
@@ -48,7 +48,7 @@ def lenet5(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
         ("conv2_relu", relu()),
         ("pool2", nn.MaxPool2d(2)),
         ("flatten", nn.Flatten()),
-        *dense_block("fc1", 16 * h2 * w2, 120, batchnorm=False),
-        *dense_block("fc2", 120, 84, batchnorm=False),
+        *dense_block("fc1", in_features=16 * h2 * w2, out_features=120, batchnorm=False),
+        *dense_block("fc2", in_features=120, out_features=84, batchnorm=False),
         ("fc3", nn.Linear(84, num_classes)),
     ])

@@ -15,7 +15,7 @@ class PadShortcut(nn.Module):
     channels split evenly before and after the input's.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, *, stride: int) -> None:
         super().__init__()
         self.stride = stride
         self.pad_before = (out_channels - in_channels) // 2
@@ -40,7 +40,7 @@ class BasicBlock(nn.Module):
     zeros, `"B"` projects with a 1×1 conv and BN; either only where the shape changes.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, shortcut: str) -> None:
+    def __init__(self, in_channels: int, out_channels: int, *, stride: int, shortcut: str) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
@@ -49,8 +49,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = (PadShortcut(in_channels, out_channels, stride) if shortcut == "A" else nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)))
+            self.shortcut = (
+                PadShortcut(in_channels, out_channels, stride=stride) if shortcut == "A" else nn.Sequential(
+                    nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)))
         self.add = Sum()
         self.relu2 = relu()
 
@@ -76,8 +77,8 @@ class ResNet(nn.Module):
         self.stem_relu = relu()
         channels = widths[0]
         for k, (n_blocks, width) in enumerate(zip(blocks, widths), start=1):
-            stage = [BasicBlock(channels, width, 1 if k == 1 else 2, shortcut)]
-            stage += [BasicBlock(width, width, 1, shortcut) for _ in range(n_blocks - 1)]
+            stage = [BasicBlock(channels, width, stride=1 if k == 1 else 2, shortcut=shortcut)]
+            stage += [BasicBlock(width, width, stride=1, shortcut=shortcut) for _ in range(n_blocks - 1)]
             self.add_module(f"layer{k}", nn.Sequential(*stage))
             channels = width
         self.avgpool = nn.AdaptiveAvgPool2d(1)

@@ -24,7 +24,7 @@ def _vgg(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module
     size. Conv biases are dropped (BN follows). Probes: every `conv{i}_relu` (pre-activation
     `conv{i}_bn`) and the logits `fc`.
     """
-    features, channels, _, _ = conv_stack(name, _CFGS[name], input_shape, batchnorm=True)
+    features, channels, _, _ = conv_stack(name, _CFGS[name], input_shape=input_shape, batchnorm=True)
     return probed_sequential([
         *features,
         ("avgpool", nn.AdaptiveAvgPool2d(1)),

@@ -34,7 +34,7 @@ def _alternating(num_classes: int, per_class: int) -> tuple[torch.Tensor, torch.
 
 def test_limits_half_on_is_one_bit_per_class_and_constant_units_sit_at_the_clamp():
     x, y = _alternating(num_classes=4, per_class=6)
-    (result,) = psp_entropy(_dense_probe_net(), x, y, num_classes=4)
+    (result,) = psp_entropy(_dense_probe_net(), x, y=y, num_classes=4)
     assert result.layer == "fc1_relu"  # the logits layer fc2 has no pre-activation: skipped
     assert result.rates.shape == (3, 4) and result.entropy.shape == (3,)
     np.testing.assert_allclose(result.rates[0], 0.5)
@@ -45,17 +45,17 @@ def test_limits_half_on_is_one_bit_per_class_and_constant_units_sit_at_the_clamp
 
 def test_batching_does_not_change_counts():
     x, y = _alternating(num_classes=3, per_class=10)
-    whole = psp_entropy(_dense_probe_net(), x, y, num_classes=3)[0]
-    batched = psp_entropy(_dense_probe_net(), x, y, num_classes=3, batch_size=7)[0]
+    whole = psp_entropy(_dense_probe_net(), x, y=y, num_classes=3)[0]
+    batched = psp_entropy(_dense_probe_net(), x, y=y, num_classes=3, batch_size=7)[0]
     np.testing.assert_array_equal(whole.rates, batched.rates)
 
 
 def test_absent_class_is_named():
     x, y = _alternating(num_classes=3, per_class=4)
     with pytest.raises(ValueError, match=r"classes \[3, 4\]"):
-        psp_entropy(_dense_probe_net(), x, y, num_classes=5)
+        psp_entropy(_dense_probe_net(), x, y=y, num_classes=5)
     with pytest.raises(ValueError, match="outside"):
-        psp_entropy(_dense_probe_net(), x, y, num_classes=2)
+        psp_entropy(_dense_probe_net(), x, y=y, num_classes=2)
 
 
 def _conv_probe_net() -> nn.Module:
@@ -71,9 +71,9 @@ def test_conv_channels_average_the_psp_over_positions_before_thresholding():
     # Every 2x2 map is [[5, -1], [-1, -1]]: positive on average, positive at one position of four.
     x = torch.tensor([[5.0, -1.0], [-1.0, -1.0]]).expand(8, 1, 2, 2).clone()
     y = torch.arange(2).repeat(4)
-    (channels,) = psp_entropy(_conv_probe_net(), x, y, num_classes=2)
+    (channels,) = psp_entropy(_conv_probe_net(), x, y=y, num_classes=2)
     np.testing.assert_allclose(channels.rates, [[1 - RATE_CLAMP] * 2, [RATE_CLAMP] * 2])
-    (positions,) = psp_entropy(_conv_probe_net(), x, y, num_classes=2, per_position=True)
+    (positions,) = psp_entropy(_conv_probe_net(), x, y=y, num_classes=2, per_position=True)
     assert positions.rates.shape == (2 * 4, 2)
     on = np.clip(np.array([1, 0, 0, 0, 0, 1, 1, 1], dtype=float), RATE_CLAMP, 1 - RATE_CLAMP)
     np.testing.assert_allclose(positions.rates, np.stack([on, on], axis=1))
@@ -84,7 +84,7 @@ def test_rates_match_captured_preactivations_of_a_real_model():
     model = build_model("lenet5", input_shape=(1, 8, 8), num_classes=3)
     model.train()
     x, y = torch.randn(30, 1, 8, 8), torch.arange(3).repeat(10)
-    results = psp_entropy(model, x, y, num_classes=3, per_position=True)
+    results = psp_entropy(model, x, y=y, num_classes=3, per_position=True)
     assert model.training  # the caller's mode is restored
     assert [r.layer for r in results] == ["conv1_relu", "conv2_relu", "fc1_relu", "fc2_relu"]
     acts = capture(model, x, layers=tuple(model.preactivation_layers[r.layer] for r in results))
@@ -97,7 +97,7 @@ def test_rates_match_captured_preactivations_of_a_real_model():
 
 def test_rows_one_per_unit():
     x, y = _alternating(num_classes=2, per_class=2)
-    rows = neuron_rows("cabc-s0/L01", psp_entropy(_dense_probe_net(), x, y, num_classes=2))
+    rows = neuron_rows("cabc-s0/L01", psp_entropy(_dense_probe_net(), x, y=y, num_classes=2))
     assert [r["unit"] for r in rows] == [0, 1, 2]
     assert rows[0] == {"checkpoint_id": "cabc-s0/L01", "layer": "fc1_relu", "unit": 0, "entropy": 2.0,
                        "rates": [0.5, 0.5]}

@@ -54,7 +54,7 @@ def test_power_iteration_finds_the_top_eigenvalue_of_the_masked_hessian(density)
     eigenvalues = _exact_eigenvalues(net, masks, x, y)
     expected = eigenvalues[eigenvalues.abs().argmax()]
     assert expected > 0  # near a minimum the largest-magnitude eigenvalue is the top one
-    result = sharpness(net, masks, x, y, n_iterations=60)
+    result = sharpness(net, masks, x=x, y=y, n_iterations=60)
     assert result.hessian_top_eig == pytest.approx(float(expected), rel=1e-4)
     assert result.loss == pytest.approx(F.cross_entropy(net(x), y).item(), rel=1e-12)
     assert result.n_iterations == 60 and result.epsilon == 0.01
@@ -63,13 +63,13 @@ def test_power_iteration_finds_the_top_eigenvalue_of_the_masked_hessian(density)
 def test_pruned_entries_stay_zero_and_weights_are_restored_bit_exactly():
     masks = _masks(0.6)
     net, x, y = _trained_net(masks)
-    reference = sharpness(net, masks, x, y, n_iterations=10)
+    reference = sharpness(net, masks, x=x, y=y, n_iterations=10)
     with torch.no_grad():  # garbage in the pruned entries must not reach the loss, Hessian or draws
         for name, param in net.named_parameters():
             if name in masks:
                 param[~masks[name]] = 5.0
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    assert sharpness(net, masks, x, y, n_iterations=10) == reference
+    assert sharpness(net, masks, x=x, y=y, n_iterations=10) == reference
     after = net.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -77,10 +77,10 @@ def test_pruned_entries_stay_zero_and_weights_are_restored_bit_exactly():
 def test_same_seed_same_result_and_zero_epsilon_zero_increase():
     masks = _masks(0.6)
     net, x, y = _trained_net(masks)
-    a = sharpness(net, masks, x, y, n_iterations=5, seed=3)
-    assert sharpness(net, masks, x, y, n_iterations=5, seed=3) == a
-    assert sharpness(net, masks, x, y, n_iterations=5, seed=4).perturbed_loss_increase != a.perturbed_loss_increase
-    assert sharpness(net, masks, x, y, n_iterations=1, epsilon=0.0).perturbed_loss_increase == 0.0
+    a = sharpness(net, masks, x=x, y=y, n_iterations=5, seed=3)
+    assert sharpness(net, masks, x=x, y=y, n_iterations=5, seed=3) == a
+    assert sharpness(net, masks, x=x, y=y, n_iterations=5, seed=4).perturbed_loss_increase != a.perturbed_loss_increase
+    assert sharpness(net, masks, x=x, y=y, n_iterations=1, epsilon=0.0).perturbed_loss_increase == 0.0
 
 
 def test_batchnorm_runs_in_eval_mode_and_mode_is_restored():
@@ -89,7 +89,7 @@ def test_batchnorm_runs_in_eval_mode_and_mode_is_restored():
     net.train()
     x, y = torch.randn(8, 3), torch.tensor([0, 1] * 4)
     stats = net[1].running_mean.clone()
-    result = sharpness(net, {"0.weight": torch.ones(4, 3, dtype=torch.bool)}, x, y, n_iterations=3)
+    result = sharpness(net, {"0.weight": torch.ones(4, 3, dtype=torch.bool)}, x=x, y=y, n_iterations=3)
     assert net.training and torch.equal(net[1].running_mean, stats)
     net.eval()
     assert result.loss == pytest.approx(F.cross_entropy(net(x), y).item())
@@ -98,10 +98,10 @@ def test_batchnorm_runs_in_eval_mode_and_mode_is_restored():
 def test_bad_arguments_are_named():
     net, x, y = _trained_net({})
     with pytest.raises(ValueError, match="'1.weight'"):
-        sharpness(net, {"1.weight": torch.ones(4, 3, dtype=torch.bool)}, x, y)
+        sharpness(net, {"1.weight": torch.ones(4, 3, dtype=torch.bool)}, x=x, y=y)
     with pytest.raises(ValueError, match=r"mask '0.weight' has shape \(3, 4\)"):
-        sharpness(net, {"0.weight": torch.ones(3, 4, dtype=torch.bool)}, x, y)
+        sharpness(net, {"0.weight": torch.ones(3, 4, dtype=torch.bool)}, x=x, y=y)
     with pytest.raises(ValueError, match="n_iterations"):
-        sharpness(net, {}, x, y, n_iterations=0)
+        sharpness(net, {}, x=x, y=y, n_iterations=0)
     with pytest.raises(ValueError, match="epsilon"):
-        sharpness(net, {}, x, y, epsilon=-1.0)
+        sharpness(net, {}, x=x, y=y, epsilon=-1.0)

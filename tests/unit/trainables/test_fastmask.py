@@ -24,7 +24,7 @@ def _net() -> nn.Module:
 
 
 def _masks(net: nn.Module, rounds: float = 2) -> dict[str, torch.Tensor]:
-    return magnitude_masks(net, dense_masks(net, prunable_names(net, SPEC)), SPEC, rounds)
+    return magnitude_masks(net, dense_masks(net, prunable_names(net, SPEC)), spec=SPEC, rounds=rounds)
 
 
 def _optimizer(net: nn.Module, kind: str) -> torch.optim.Optimizer:
@@ -61,7 +61,7 @@ def test_bit_identical_to_apply_masks_and_zero_pruned_state(kind):
     for seed in range(5):
         _step(ref, opt_ref, seed)
         apply_masks(ref, masks)
-        zero_pruned_state(opt_ref, ref, masks)
+        zero_pruned_state(opt_ref, ref, masks=masks)
         _step(fast, opt_fast, seed)
         applier(opt_fast)
         _same(ref, opt_ref, fast, opt_fast)
@@ -158,7 +158,7 @@ def test_masking_gradients_equals_masking_after_each_step(kind):
             apply_masks(fast, fast_masks)  # weights only, as the schedule does; not the buffers
         _step(ref, opt_ref, seed)
         apply_masks(ref, masks)
-        zero_pruned_state(opt_ref, ref, masks)
+        zero_pruned_state(opt_ref, ref, masks=masks)
         _masked_step(fast, opt_fast, seed, applier)
     _same(ref, opt_ref, fast, opt_fast)
     pruned = ~masks["0.weight"]

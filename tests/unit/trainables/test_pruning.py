@@ -26,7 +26,7 @@ def test_sparsity_after_k_rounds_is_exact(scope, rate):
     masks = dense_masks(net, names)
     total = sum(m.numel() for m in masks.values())
     for k in range(1, 6):
-        masks = magnitude_masks(net, masks, spec, k)
+        masks = magnitude_masks(net, masks, spec=spec, rounds=k)
         apply_masks(net, masks)
         kept = sum(int(m.sum()) for m in masks.values())
         if scope == "global":
@@ -41,8 +41,8 @@ def test_global_removes_smallest_magnitudes_and_nests():
     net = _net()
     spec = PruneSpec(rate=0.3)
     masks = dense_masks(net, prunable_names(net, spec))
-    first = magnitude_masks(net, masks, spec, 1)
-    second = magnitude_masks(net, first, spec, 2)
+    first = magnitude_masks(net, masks, spec=spec, rounds=1)
+    second = magnitude_masks(net, first, spec=spec, rounds=2)
     params = dict(net.named_parameters())
     kept = torch.cat([params[n].abs()[first[n]] for n in first])
     gone = torch.cat([params[n].abs()[~first[n]] for n in first])
@@ -63,7 +63,7 @@ def test_exclusions_by_kind_and_pattern():
 def test_output_layer_at_its_own_rate():
     net = _net()
     spec = PruneSpec(rate=0.2, layer_rates={"output": 0.1})
-    masks = magnitude_masks(net, dense_masks(net, prunable_names(net, spec)), spec, 2)
+    masks = magnitude_masks(net, dense_masks(net, prunable_names(net, spec)), spec=spec, rounds=2)
     assert int(masks["3.weight"].sum()) == round(210 * 0.9**2)
     assert int(masks["0.weight"].sum()) == round(600 * 0.8**2)
 
@@ -71,8 +71,8 @@ def test_output_layer_at_its_own_rate():
 def test_same_weights_same_masks():
     spec = PruneSpec(rate=0.5)
     a, b = _net(), _net()
-    ma = magnitude_masks(a, dense_masks(a, prunable_names(a, spec)), spec, 1)
-    mb = magnitude_masks(b, dense_masks(b, prunable_names(b, spec)), spec, 1)
+    ma = magnitude_masks(a, dense_masks(a, prunable_names(a, spec)), spec=spec, rounds=1)
+    mb = magnitude_masks(b, dense_masks(b, prunable_names(b, spec)), spec=spec, rounds=1)
     assert mask_digest(ma) == mask_digest(mb)
 
 
@@ -81,9 +81,9 @@ def test_random_masks_keep_counts_and_nest():
     spec = PruneSpec(rate=0.5)
     masks = dense_masks(net, prunable_names(net, spec))
     counts = {"0.weight": 100, "3.weight": 50}
-    rnd = random_masks_like(masks, counts, torch.Generator().manual_seed(1))
+    rnd = random_masks_like(masks, counts, generator=torch.Generator().manual_seed(1))
     assert {n: int(m.sum()) for n, m in rnd.items()} == counts
-    again = random_masks_like(rnd, {"0.weight": 10, "3.weight": 5}, torch.Generator().manual_seed(2))
+    again = random_masks_like(rnd, {"0.weight": 10, "3.weight": 5}, generator=torch.Generator().manual_seed(2))
     assert not (again["0.weight"] & ~rnd["0.weight"]).any()
 
 
