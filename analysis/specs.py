@@ -63,9 +63,19 @@ class AnalysisSpec(BaseModel):
     def _options_of_known_measures(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         from analysis.similarity import MEASURES
 
+        from analysis.similarity.registry import resolve_options
+
         unknown = [m for m in v if m not in MEASURES]
         if unknown:
             raise ValueError(f"options for unknown measure {unknown[0]!r}; expected one of {sorted(MEASURES)}")
+        errors = []
+        for measure, options in v.items():  # checked here, not first inside a tile actor
+            try:
+                resolve_options(measure, options)
+            except ValueError as error:
+                errors.append(f"{measure}: {error}")
+        if errors:
+            raise ValueError("; ".join(errors))
         return v
 
 
