@@ -1,9 +1,10 @@
 """What a sweep still has to do: per lineage, done / stopped / partial (up to which level) / to do;
 and the parent runs closed to match that state once Tune has returned.
 
-Read from the workdir (complete level directories) and MLflow (FINISHED level runs); a level
-counts as done only when both have it. A search lineage that the sweep's scheduler stopped
-early (`orchestrator.stops`) is finished for that sweep once its levels up to the stop are done.
+Read from the workdir (complete level folders whose checkpoint matches its recorded digest) and
+MLflow (FINISHED level runs); a level counts as done only when both have it. A search lineage
+that the sweep's scheduler stopped early (`orchestrator.stops`) is finished for that sweep once
+its levels up to the stop are done.
 """
 from __future__ import annotations
 
@@ -116,7 +117,7 @@ def plan_sweep(sweep: SweepSpec, client: MlflowClient | None = None) -> list[Lin
     for spec in specs:
         lid = lineage_id(spec)
         n_levels = final_level(sweep.workdir, spec) + 1
-        on_disk = set(LineageCheckpoints(sweep.workdir, lid).complete_levels())
+        on_disk = set(LineageCheckpoints(sweep.workdir, lid).verified_levels())
         logged = finished.get(lid, {})
         done = 0
         while done < n_levels and done in on_disk and done in logged:

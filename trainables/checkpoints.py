@@ -10,6 +10,8 @@ folder holds `state.pt` (model, masks, optimizer, progress, training mode, RNG s
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -127,7 +129,11 @@ class LineageCheckpoints:
 
     def load_rewind_point(self, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
         """The model state dict of the rewind point."""
-        return storage.load_torch(self.layout.rewind_point(self.lineage_id), map_location)["model"]
+        path = self.layout.rewind_point(self.lineage_id)
+        if not path.exists():  # set aside as damaged; a rewind to init rebuilds it, not a rewind to a step
+            raise FileNotFoundError(f"lineage {self.lineage_id}: the rewind point {path} is missing; with "
+                                    "prune.rewind: step it comes from level 0, so remove L00 to train it again")
+        return storage.load_torch(path, map_location)["model"]
 
     # -- the progress checkpoint -----------------------------------------------------------------
     def save_progress(self, progress: LevelProgress, *, model_state: dict[str, torch.Tensor], fused: bool,
@@ -170,6 +176,32 @@ class LineageCheckpoints:
     def is_complete(self, level: int) -> bool:
         return (self.level_dir(level) / LEVEL_STATE_FILE).exists()
 
+    def verified_levels(self) -> list[int]:
+        """Complete levels whose checkpoint can be trusted: `state.pt` has the sha256 recorded
+        beside it in `metrics.json` (a level written before digests were recorded: it loads)."""
+        return [level for level in self.complete_levels() if self._verified(level)]
+
+    def set_aside_damaged(self) -> list[str]:
+        """Rename (`<name>.corrupt`) every checkpoint of the lineage that cannot be trusted, so that
+        it is computed again instead of loaded: a level failing `verified_levels`, a progress
+        checkpoint or rewind point that does not load. Call it under `lock()`. Returns what was
+        set aside."""
+        damaged = [self.level_dir(level) for level in self.complete_levels() if not self._verified(level)]
+        for path in (self.layout.progress(self.lineage_id), self.layout.rewind_point(self.lineage_id)):
+            if path.exists() and not _loads(path):
+                damaged.append(path)
+        return [f"{path} -> {storage.set_aside(path).name}" for path in damaged]
+
+    def _verified(self, level: int) -> bool:
+        folder = self.level_dir(level)
+        try:
+            recorded = storage.read_json(folder / LEVEL_METRICS_FILE).get("state_sha256")
+        except (OSError, ValueError):
+            return False
+        if recorded is None:
+            return _loads(folder / LEVEL_STATE_FILE)
+        return storage.sha256_file(folder / LEVEL_STATE_FILE) == recorded
+
     def load_level(self, level: int, map_location: str | torch.device = "cpu") -> LevelCheckpoint:
         return load_checkpoint(self.level_dir(level), map_location)
 
@@ -185,14 +217,18 @@ class LineageCheckpoints:
         spec = self.stored_spec()
 
         def fill(folder: Path) -> None:
+            buffer = io.BytesIO()
             torch.save({
                 "model": model_state, "masks": progress.masks, "optimizer": progress.optimizer,
                 "progress": {"level": progress.level, "epoch": progress.epoch, "step": progress.step},
                 "fused": fused, "precision": record.precision, "rng": torch.get_rng_state(),
-            }, folder / LEVEL_STATE_FILE)
+            }, buffer)
+            (folder / LEVEL_STATE_FILE).write_bytes(buffer.getvalue())
             layers = [{"layer": l.layer, "n_params": l.n_params, "n_zero": l.n_zero} for l in record.layers]
-            storage.write_json(folder / LEVEL_METRICS_FILE,
-                               {"metrics": record.metrics, "layers": layers, "precision": record.precision})
+            storage.write_json(folder / LEVEL_METRICS_FILE, {
+                "metrics": record.metrics, "layers": layers, "precision": record.precision,
+                "state_sha256": hashlib.sha256(buffer.getvalue()).hexdigest(),
+            })
             storage.write_json(folder / SPEC_FILE, spec)
 
         storage.commit_dir(path, fill)
@@ -257,3 +293,13 @@ class LineageCheckpoints:
             raise ValueError(f"lineage {self.lineage_id} has checkpoints of different {key}: "
                              + ", ".join(f"{path} {key}: {value}" for path, value in values.items()))
         return next(iter(values.values()), None)
+
+
+def _loads(path: Path) -> bool:
+    """Whether a checkpoint file loads (and matches the digest `storage.save_torch` wrote with it):
+    a failure of any kind means it cannot be trusted."""
+    try:
+        storage.load_torch(path)
+    except Exception:
+        return False
+    return True

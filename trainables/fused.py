@@ -31,7 +31,7 @@ import torch
 from trainables.checkpoints import LevelProgress, LineageCheckpoints
 from trainables.ids import config_id, lineage_id
 from trainables.lineage import LineageResult
-from trainables.lineage_run import LevelResult, LineageRun, resolve_device
+from trainables.lineage_run import LevelResult, LineageRun, resolve_device, warn_set_aside
 from trainables.loop import autocast, make_optimizer, resolve_precision
 from trainables.schedules import LevelPlan, level_plans
 from trainables.specs import RUNTIME_FIELDS, LineageSpec
@@ -68,6 +68,7 @@ def run_bundle(
         precision = resolve_precision(specs[0].precision, device)
         for store in stores:
             store.remove_temporaries()  # half-written files of a killed run
+            warn_set_aside(store)
             store.check_mode(fused=True, precision=precision)
         runs = _make_runs(specs, workdir, device)
         bundle = _Bundle(runs, device, on_epoch)

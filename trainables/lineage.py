@@ -15,7 +15,7 @@ import torch
 
 from trainables.checkpoints import LevelProgress, LineageCheckpoints
 from trainables.ids import config_id, lineage_id
-from trainables.lineage_run import LevelResult, LineageRun, resolve_device
+from trainables.lineage_run import LevelResult, LineageRun, resolve_device, warn_set_aside
 from trainables.loop import make_optimizer, resolve_precision, train_epoch
 from trainables.schedules import LevelPlan, level_plans
 from trainables.specs import LineageSpec
@@ -50,6 +50,7 @@ def run_lineage(
     results = []
     with checkpoints.lock():
         checkpoints.remove_temporaries()  # half-written files of a killed run
+        warn_set_aside(checkpoints)
         checkpoints.check_mode(fused=False, precision=resolve_precision(spec.precision, device))
         run = LineageRun(spec, workdir=workdir, device=device)
         for plan in level_plans(spec, run.steps_per_epoch):

@@ -10,6 +10,7 @@ and `save_progress` after every epoch), and `finish_level` evaluates and commits
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,13 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def warn_set_aside(checkpoints: LineageCheckpoints) -> None:
+    """Set aside the lineage's damaged checkpoints (they are computed again) and say which."""
+    for moved in checkpoints.set_aside_damaged():
+        warnings.warn(f"lineage {checkpoints.lineage_id}: damaged checkpoint set aside and computed again: {moved}",
+                      stacklevel=3)
 
 
 def seed_of(*parts: Any) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -95,14 +96,81 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def save_torch(path: str | os.PathLike, obj: Any) -> None:
-    """`torch.save(obj)` as the file `path`, atomically."""
-    write_atomically(path, lambda tmp: torch.save(obj, tmp))
+class DamagedFile(ValueError):
+    """A file whose contents do not match the digest written with them."""
+
+
+def save_torch(path: str | os.PathLike, obj: dict[str, Any]) -> None:
+    """`torch.save(obj)` as the file `path`, atomically, with a digest of its contents under
+    the key `DIGEST_KEY`, so that `load_torch` finds a damaged file instead of loading it (torch's
+    format checks no sums: flipped bytes inside a tensor load as other values)."""
+    payload = {**obj, DIGEST_KEY: content_digest(obj)}
+    write_atomically(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """What `save_torch` wrote: tensors and plain containers only (`weights_only=True`)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """A torch file: tensors and plain containers only (`weights_only=True`). What `save_torch`
+    wrote is checked against its digest (DamagedFile) and returned without it."""
+    obj = torch.load(path, map_location=map_location, weights_only=True)
+    if isinstance(obj, dict) and DIGEST_KEY in obj:
+        obj = dict(obj)
+        if obj.pop(DIGEST_KEY) != content_digest(obj):
+            raise DamagedFile(f"{path}: its contents do not match the digest written with them")
+    return obj
+
+
+DIGEST_KEY = "content_sha256"
+
+
+def content_digest(obj: Any) -> str:
+    """sha256 of nested dicts, lists and tensors: keys, scalars, and each tensor's dtype, shape
+    and values (in logical order, whatever its memory layout or device)."""
+    digest = hashlib.sha256()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            digest.update(f"T{value.dtype}{tuple(value.shape)}".encode())
+            t = value.detach().cpu().contiguous().reshape(-1)  # 0-d tensors (Adam's step) included
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(value, dict):
+            digest.update(f"D{len(value)}".encode())
+            for key in sorted(value, key=repr):
+                digest.update(repr(key).encode())
+                walk(value[key])
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"L{len(value)}".encode())
+            for item in value:
+                walk(item)
+        else:
+            digest.update(f"S{value!r}".encode())
+
+    walk(obj)
+    return digest.hexdigest()
+
+
+def remove(path: str | os.PathLike) -> None:
+    """Delete a file (nothing if it is gone already)."""
+    Path(path).unlink(missing_ok=True)
+
+
+def set_aside(path: str | os.PathLike, *, suffix: str = ".corrupt") -> Path:
+    """Rename a damaged file or folder to `<name><suffix>` (`<name><suffix>.<k>` if that exists),
+    out of every reader's way but kept for inspection; returns the new path."""
+    path = Path(path)
+    aside, k = path.with_name(path.name + suffix), 1
+    while aside.exists():
+        aside, k = path.with_name(f"{path.name}{suffix}.{k}"), k + 1
+    os.rename(path, aside)
+    return aside
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def commit_dir(final: str | os.PathLike, fill: Callable[[Path], None]) -> None:

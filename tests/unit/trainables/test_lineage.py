@@ -1,6 +1,8 @@
 """run_lineage: levels, exact masks, rewinding, schedules, controls, resume equivalence."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from pydantic import ValidationError
@@ -280,3 +282,44 @@ def test_a_lineage_resumes_only_in_its_own_precision(tiny_spec, tmp_path, cut):
         with pytest.raises(ValueError, match=refused):
             run_lineage(spec.model_copy(update={"precision": other}), workdir=tmp_path)
     assert [lv.level for lv in run_lineage(spec, workdir=tmp_path).levels] == [0, 1, 2]
+
+
+def _garble(path) -> None:
+    """Flip bytes in the middle of a file, keeping its size (what a bad disk or copy does)."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_checkpoints_are_found_set_aside_and_computed_again(tiny_spec, tmp_path, digest):
+    spec = tiny_spec(train={"epochs": 3})
+    whole = run_lineage(spec, workdir=tmp_path / "whole")
+    _cut(spec, tmp_path / "cut", level=2, epoch=2)
+    layout, stored = Layout(tmp_path / "cut"), LineageCheckpoints(tmp_path / "cut", whole.lineage_id)
+    assert stored.verified_levels() == [0, 1]
+    _garble(layout.level_dir(whole.lineage_id, 1) / "state.pt")
+    for path in (layout.progress(whole.lineage_id), layout.rewind_point(whole.lineage_id)):
+        _garble(path)
+    assert stored.complete_levels() == [0, 1] and stored.verified_levels() == [0]  # what status trusts
+    with pytest.warns(UserWarning, match="damaged checkpoint set aside") as warned:
+        resumed = run_lineage(spec, workdir=tmp_path / "cut")
+    assert len(warned) == 3
+    assert [lv.resumed for lv in resumed.levels] == [True, False, False]
+    assert digest(_level(resumed, 2).model) == digest(_level(whole, 2).model)
+    assert digest(_level(resumed, 1).model) == digest(_level(whole, 1).model)
+    names = {p.name for p in layout.lineage_dir(whole.lineage_id).iterdir()}
+    assert {"L01.corrupt", "progress.pt.corrupt", "rewind.pt.corrupt"} <= names
+    assert stored.verified_levels() == [0, 1, 2]
+
+
+def test_a_level_written_before_digests_is_trusted_when_it_loads(tiny_spec, tmp_path):
+    result = run_lineage(tiny_spec(prune={"levels": 1}), workdir=tmp_path)
+    metrics = Layout(tmp_path).level_dir(result.lineage_id, 1) / "metrics.json"
+    record = json.loads(metrics.read_text())
+    del record["state_sha256"]
+    metrics.write_text(json.dumps(record))
+    stored = LineageCheckpoints(tmp_path, result.lineage_id)
+    assert stored.verified_levels() == [0, 1]
+    (Layout(tmp_path).level_dir(result.lineage_id, 1) / "state.pt").write_bytes(b"garbage")
+    assert stored.verified_levels() == [0]

@@ -40,6 +40,32 @@ def test_torch_round_trip_loads_weights_only(tmp_path):
         storage.load_torch(path)
 
 
+def test_a_damaged_torch_file_is_found_instead_of_loaded(tmp_path):
+    path = tmp_path / "progress.pt"
+    state = {"w": torch.arange(4096.0), "step": torch.tensor(3.0), "losses": [0.5], "opt": {0: {"m": torch.ones(2)}}}
+    storage.save_torch(path, state)
+    loaded = storage.load_torch(path)
+    assert set(loaded) == set(state) and torch.equal(loaded["w"], state["w"])
+    data = bytearray(path.read_bytes())
+    offset = data.index(torch.arange(4096.0)[1000:1002].numpy().tobytes())  # inside the tensor's bytes
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert not torch.equal(torch.load(path, weights_only=True)["w"], state["w"])  # torch alone loads it
+    with pytest.raises(storage.DamagedFile, match="do not match the digest"):
+        storage.load_torch(path)
+    legacy = tmp_path / "legacy.pt"  # written before digests: loaded as it is
+    torch.save({"w": torch.ones(2)}, legacy)
+    assert torch.equal(storage.load_torch(legacy)["w"], torch.ones(2))
+
+
+def test_set_aside_keeps_every_damaged_copy_and_files_hash(tmp_path):
+    for k in range(3):
+        (tmp_path / "L01").mkdir()
+        assert storage.set_aside(tmp_path / "L01").name == ["L01.corrupt", "L01.corrupt.1", "L01.corrupt.2"][k]
+    (tmp_path / "abc").write_bytes(b"abc")
+    assert storage.sha256_file(tmp_path / "abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
 def test_remove_temporaries_deletes_what_killed_writes_left(tmp_path):
     (tmp_path / ".L01.x7f3.tmp").mkdir()
     (tmp_path / ".L01.x7f3.tmp" / "state.pt").write_bytes(b"half")
