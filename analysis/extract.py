@@ -28,8 +28,10 @@ from trainables.models import build_model
 
 @dataclass(frozen=True)
 class Products:
-    """Where the products of one checkpoint live (their existence says they are done)."""
+    """Where the products of one checkpoint live (their existence says they are done; for the
+    activations, a manifest that `read_manifest` can use)."""
 
+    layout: Layout
     manifest: Path  # activation files of every probe layer (JSON rows)
     neurons: Path
     receptive_fields: Path
@@ -39,7 +41,28 @@ class Products:
     def missing(self, spec: AnalysisSpec, fully_connected: bool | None = None) -> list[str]:
         want = {"manifest": True, "neurons": spec.neurons, "sharpness": spec.sharpness,
                 "receptive_fields": spec.receptive_fields and fully_connected is not False}
-        return [name for name, on in want.items() if on and not getattr(self, name).exists()]
+        return [name for name, on in want.items() if on and not self._done(name)]
+
+    def _done(self, name: str) -> bool:
+        if name == "manifest":
+            return read_manifest(self.manifest, layout=self.layout) is not None
+        return getattr(self, name).exists()
+
+
+def read_manifest(path: Path, *, layout: Layout) -> list[dict] | None:
+    """The rows of a checkpoint's activation manifest, each file's `path` relative to the workdir
+    (`Layout.resolve` finds it); None when there is no usable manifest: none yet, or one of a
+    copied or moved workdir written when manifests stored absolute paths, which point outside
+    this workdir (its activations are then extracted again, here)."""
+    if not path.exists():
+        return None
+    rows = []
+    for row in storage.read_json(path):
+        try:
+            rows.append({**row, "path": layout.relative(layout.resolve(row["path"]))})
+        except ValueError:
+            return None
+    return rows
 
 
 def products(workdir: str | os.PathLike, *, spec: AnalysisSpec, checkpoint_id: str) -> Products:
@@ -49,6 +72,7 @@ def products(workdir: str | os.PathLike, *, spec: AnalysisSpec, checkpoint_id: s
     sharpness_rule = digest({"batch": spec.sharpness_batch, "epsilon": spec.sharpness_epsilon,
                              "iterations": spec.sharpness_iterations, "seed": spec.probe_seed})
     return Products(
+        layout=layout,
         manifest=layout.activation_index(probe_rule, checkpoint_id),
         neurons=layout.checkpoint_table_file("neurons", checkpoint_id),
         receptive_fields=layout.checkpoint_table_file("receptive_fields", checkpoint_id),
@@ -122,7 +146,8 @@ class CheckpointExtractor:
             buffer = io.BytesIO()
             np.save(buffer, act)
             storage.write_bytes(file, buffer.getvalue())
-            rows.append({"checkpoint_id": cid, "layer": layer, "path": str(file), "n_examples": len(x)})
+            rows.append({"checkpoint_id": cid, "layer": layer, "path": self.layout.relative(file),
+                         "n_examples": len(x)})
         storage.write_json(manifest, rows)  # last: its existence means every layer file is there
 
     def _neurons(self, cid: str, model: nn.Module, x, y, num_classes: int, out: Path) -> None:

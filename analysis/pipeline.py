@@ -1,8 +1,9 @@
 """The analysis stage on Ray Data: catalog → activations → sketches → pair tiles → Parquet.
 
 Incremental and atomic: activations, sketches (`analysis.sketch_store`) and similarity rows
-(`analysis.tile_writer`) that exist are reused, each output file appears whole or not at all, and a re-run computes only what
-is missing.
+(`analysis.tile_writer`) that exist are reused, each output file appears whole or not at all, and
+a re-run computes only what is missing, after repairing what it finds damaged (`analysis.repair`).
+A representation whose activation file is unusable gives its pairs null values with the reason.
 """
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from analysis.catalog import build_catalog
-from analysis.extract import CheckpointExtractor, products
+from analysis.extract import CheckpointExtractor, products, read_manifest
 from analysis.pairs import Rep, pair_key, pair_set
+from analysis.repair import retry_unreadable, set_aside_garbled_tables
 from analysis.specs import AnalysisSpec, analysis_id
 from analysis.tables import update_columns
 from analysis.tile_writer import TileWriter, tile_jobs
@@ -40,6 +41,9 @@ class AnalysisOutcome:
     pairs_computed: dict[str, int]  # per measure: computed by this call
     wall_s: float
     sketches_computed: dict[str, int] = field(default_factory=dict)  # per measure: not found stored
+    # (checkpoint_id, layer, reason): representations whose new pairs got a null value because
+    # their activation file is unusable (reason: "unreadable", "nonfinite" or "bad_shape")
+    skipped_representations: tuple[tuple[str, str, str], ...] = ()
 
 
 def run_analysis(sweep: str, spec: AnalysisSpec, *, workdir: str | os.PathLike, tracking_uri: str,
@@ -74,22 +78,25 @@ def _run_analysis(
     ray = _LazyRay(connect)
     start = time.perf_counter()
     aid = analysis_id(spec)
+    for line in set_aside_garbled_tables(workdir) + retry_unreadable(workdir, spec=spec, analysis_id=aid):
+        echo(line)
     catalog = build_catalog(sweep, tracking_uri=tracking_uri, workdir=workdir)
     echo(f"analysis {aid}: {len(catalog)} checkpoints in sweep {sweep}")
     manifests, failed = _extract(catalog, spec, Path(workdir), echo, ray)
     reps = _reps(catalog, manifests)
     pairs = pair_set(reps, layers=spec.layers, scope=spec.scope)
-    total, computed, sketched = {}, {}, {}
+    total, computed, sketched, skipped = {}, {}, {}, set()
     for measure in spec.measures:
         done = _existing_keys(workdir, measure, aid)
         todo = [p for p in pairs if pair_key(*p) not in done]
         total[measure] = len(pairs)
-        computed[measure], sketched[measure], loaded = (
-            _similarity(todo, pairs, measure, spec, aid, Path(workdir), ray) if todo else (0, 0, 0))
+        run = _similarity(todo, pairs, measure, spec, aid, Path(workdir), ray) if todo else _TilesRun()
+        computed[measure], sketched[measure] = run.rows, run.computed
+        skipped |= run.skipped
         echo(f"analysis {aid}: {measure}: {len(pairs)} pairs, {len(pairs) - len(todo)} already computed, "
-             f"{computed[measure]} new; sketches: {sketched[measure]} computed, {loaded} read from disk")
+             f"{run.rows} new; sketches: {run.computed} computed, {run.loaded} read from disk")
     return AnalysisOutcome(aid, len(catalog), len(reps), tuple(failed), total, computed,
-                           time.perf_counter() - start, sketched)
+                           time.perf_counter() - start, sketched, tuple(sorted(skipped)))
 
 
 class _LazyRay:
@@ -146,8 +153,9 @@ def _extract(catalog: pl.DataFrame, spec: AnalysisSpec, workdir: Path, echo: Ech
     manifests, sharp = {}, []
     for cid in catalog["checkpoint_id"]:
         found = products(workdir, spec=spec, checkpoint_id=cid)
-        if found.manifest.exists():
-            manifests[cid] = storage.read_json(found.manifest)
+        rows = read_manifest(found.manifest, layout=found.layout)
+        if rows is not None:
+            manifests[cid] = rows
         if found.sharpness.exists():
             values = storage.read_json(found.sharpness)
             sharp.append({"checkpoint_id": cid, **{k: values[k] for k in SHARPNESS_COLUMNS}})
@@ -180,10 +188,18 @@ def _existing_keys(workdir: str | os.PathLike, measure: str, aid: str) -> set[tu
     return set(frame.iter_rows())
 
 
-def _similarity(todo, pairs, measure: str, spec: AnalysisSpec, aid: str, workdir: Path, ray) -> tuple[int, int, int]:
-    """Evaluate the missing pairs tile by tile in a Ray Data actor; each tile writes one file.
-    Returns (rows written, sketches computed, sketches read from disk)."""
-    items = [{"job": job.to_json()} for job in tile_jobs(todo, pairs, measure=measure, spec=spec)]
+@dataclass(frozen=True)
+class _TilesRun:
+    rows: int = 0  # rows written
+    computed: int = 0  # sketches computed
+    loaded: int = 0  # sketches read from disk
+    skipped: frozenset[tuple[str, str, str]] = frozenset()  # (checkpoint_id, layer, reason)
+
+
+def _similarity(todo, pairs, measure: str, spec: AnalysisSpec, aid: str, workdir: Path, ray) -> _TilesRun:
+    """Evaluate the missing pairs tile by tile in a Ray Data actor; each tile writes one file."""
+    jobs = tile_jobs(todo, pairs, measure=measure, spec=spec, workdir=workdir)
+    items = [{"job": job.to_json()} for job in jobs]
     ds = ray.data.from_items(items).map_batches(
         TileWriter,
         fn_constructor_kwargs={"measure": measure, "spec_json": spec.model_dump_json(), "analysis_id": aid,
@@ -192,5 +208,6 @@ def _similarity(todo, pairs, measure: str, spec: AnalysisSpec, aid: str, workdir
         batch_size=1,
         num_cpus=1,
     )
-    counts = np.array([[row["rows"], row["computed"], row["loaded"]] for row in ds.iter_rows()]).reshape(-1, 3)
-    return tuple(int(c) for c in counts.sum(axis=0))
+    rows = list(ds.iter_rows())
+    skipped = {(s["checkpoint_id"], s["layer"], s["reason"]) for row in rows for s in json.loads(row["skipped"])}
+    return _TilesRun(*(sum(int(row[k]) for row in rows) for k in ("rows", "computed", "loaded")), frozenset(skipped))

@@ -63,15 +63,42 @@ def fits(built: Sketch, activation_bytes: int, *, ratio: float = STORE_RATIO) ->
     return sketch_bytes(built) <= ratio * activation_bytes
 
 
+class UnusableActivation(ValueError):
+    """An activation file of which no sketch can be made. `reason` is the status its pairs
+    get: "unreadable" (missing, truncated, not an array) or "nonfinite" (NaN or infinite
+    values, e.g. of a diverged lineage)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str, detail: str):
+        super().__init__(f"{path}: {reason} ({detail})")
+        self.reason = reason
+
+
 def activation_shape(path: str | os.PathLike) -> tuple[int, ...]:
-    """The shape of a stored activation, read from its `.npy` header only."""
-    return tuple(int(d) for d in np.load(path, mmap_mode="r").shape)
+    """The shape of a stored activation, read from its `.npy` header only. Raises
+    UnusableActivation when the file cannot be read."""
+    try:
+        return tuple(int(d) for d in np.load(path, mmap_mode="r").shape)
+    except (OSError, ValueError, EOFError) as error:
+        raise UnusableActivation(path, "unreadable", f"{type(error).__name__}: {error}") from None
+
+
+def load_activation(path: str | os.PathLike) -> np.ndarray:
+    """A stored activation, checked: raises UnusableActivation when the file cannot be read or
+    holds non-finite values."""
+    try:
+        x = np.load(path)
+    except (OSError, ValueError, EOFError) as error:
+        raise UnusableActivation(path, "unreadable", f"{type(error).__name__}: {error}") from None
+    if not np.isfinite(x).all():
+        raise UnusableActivation(path, "nonfinite", f"{int((~np.isfinite(x)).sum())} of {x.size} values")
+    return x
 
 
 class SketchStore:
     """Sketches by (activation file, spec): from memory, else from disk, else computed from the
-    activation (and stored when the size rule allows). Counts what it did in `computed`,
-    `loaded` (from disk) and `stored`."""
+    activation (and stored when the size rule allows). Activation paths are as the manifests
+    store them, relative to the workdir (absolute ones are taken as they are). Counts what it
+    did in `computed`, `loaded` (from disk) and `stored`."""
 
     def __init__(self, workdir: str | os.PathLike, *, store_ratio: float = STORE_RATIO,
                  cache_bytes: int = CACHE_BYTES):
@@ -82,9 +109,11 @@ class SketchStore:
 
     def path(self, activation: str | os.PathLike, spec: SketchSpec) -> Path:
         """Where the sketch of `activation` under `spec` is (or would be) stored."""
-        return self.layout.sketch_file(activation, spec.key)
+        return self.layout.sketch_file(self.layout.resolve(activation), spec.key)
 
     def get(self, activation: str | os.PathLike, spec: SketchSpec) -> Prepared:
+        """Raises UnusableActivation for an activation file no sketch can be made of."""
+        activation = self.layout.resolve(activation)
         key = (str(activation), spec.key)
         if key in self._cache:
             self._cache.move_to_end(key)
@@ -110,7 +139,7 @@ class SketchStore:
             return None
 
     def _compute(self, file: Path, activation: str | os.PathLike, spec: SketchSpec) -> Prepared:
-        x = np.load(activation)
+        x = load_activation(activation)
         prepared = Prepared(sketch(x, spec), tuple(int(d) for d in x.shape), live_units(x))
         self.computed += 1
         if fits(prepared.sketch, os.path.getsize(activation), ratio=self.store_ratio):

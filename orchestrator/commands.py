@@ -49,14 +49,20 @@ def analyze(sweep: SweepSpec) -> int:
                            tracking_uri=sweep.resolved_tracking_uri, echo=_echo, connect=ensure_ray)
     for cid, reason in outcome.failed_checkpoints:
         _echo(f"skipped checkpoint {cid}: {reason}")
+    for cid, layer, reason in outcome.skipped_representations:
+        again = " (its activations are extracted again by the next analyze)" if reason != "nonfinite" else ""
+        _echo(f"skipped representation {cid} {layer}: activation {reason}, its pairs are null{again}")
     _echo(f"analysis {outcome.analysis_id}: {outcome.n_representations} representations, "
           f"{sum(outcome.pairs_computed.values())} new rows in {outcome.wall_s:.1f}s")
-    return 1 if outcome.failed_checkpoints else 0
+    return 1 if outcome.failed_checkpoints or outcome.skipped_representations else 0
 
 
 def report(sweep: SweepSpec) -> int:
+    from analysis.repair import set_aside_garbled_tables
     from analysis.report import write_report
 
+    for line in set_aside_garbled_tables(sweep.workdir):
+        _echo(line)
     try:
         path = write_report(sweep.workdir, sweep.name, tracking_uri=sweep.resolved_tracking_uri)
     except ValueError as err:  # e.g. a sweep with no analysed lineages yet

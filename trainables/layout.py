@@ -44,6 +44,18 @@ class Layout:
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))  # a str or PathLike is welcome too
 
+    def relative(self, path: str | os.PathLike) -> str:
+        """`path` (under the workdir) as the workdir-relative POSIX path that records store, so
+        that a workdir can be moved or copied. Raises ValueError for a path outside it."""
+        path, root = Path(path), self.root
+        if path.is_absolute() != root.is_absolute():
+            path, root = Path(os.path.abspath(path)), Path(os.path.abspath(root))
+        return path.relative_to(root).as_posix()
+
+    def resolve(self, stored: str | os.PathLike) -> Path:
+        """The path a record stores (`relative`), under this workdir (an absolute one as it is)."""
+        return self.root / stored
+
     # -- lineages and their checkpoints -------------------------------------------------------
     def lineage_dir(self, lineage_id: str) -> Path:
         return self.root / "lineages" / lineage_id

@@ -75,7 +75,7 @@ def test_values_agree_with_the_library(workdir):
     acts = {}
     for manifest in (workdir / "analysis" / "activations" / "index").rglob("*.json"):
         for row in json.loads(manifest.read_text()):
-            acts[(row["checkpoint_id"], row["layer"])] = np.load(row["path"])
+            acts[(row["checkpoint_id"], row["layer"])] = np.load(workdir / row["path"])
     rows = _sim(workdir).sample(n=12, seed=0)
     for row in rows.iter_rows(named=True):
         x = acts[(row["a_checkpoint_id"], row["a_layer"])]
@@ -161,3 +161,32 @@ def test_sketches_are_stored_once_and_reused_by_reruns_and_measures(workdir):
     got = _sim(workdir).filter(pl.col("measure") != "mean_cca").sort(key)
     assert got.select(key + ["value", "status", "a_dim", "b_dim"]).equals(
         rows.select(key + ["value", "status", "a_dim", "b_dim"]))
+
+
+def test_copied_and_moved_workdirs_read_their_own_activations_and_damage_is_named(workdir, tmp_path, capsys):
+    """Manifests name activation files relative to the workdir: a copy reads its own files, not
+    the original's, and a moved workdir keeps working. A damaged activation file nulls its pairs
+    with status `unreadable` (the rest completes, `analyze` exits 1 naming it), and the next
+    analysis extracts it again."""
+    from orchestrator import commands
+
+    _analyze(workdir, measures=("linear_cka",), scope="lineage")
+    copy, moved = tmp_path / "copy", tmp_path / "moved"
+    shutil.copytree(workdir, copy)
+    for npy in (workdir / "analysis" / "activations").rglob("*.npy"):
+        npy.write_bytes(b"garbage")  # the original's files: the copy must not read them
+    shutil.move(copy, moved)  # nor the files where the copy was
+    damaged = sorted((moved / "analysis" / "activations").rglob("fc2_relu.npy"))[0]
+    damaged.write_bytes(damaged.read_bytes()[:100])  # truncated
+    cid = damaged.parent.relative_to(damaged.parents[2]).as_posix()  # <lineage_id>/L<NN>
+    sweep = load_sweep(tiny_sweep(moved, name="base", analysis={**FAST, "measures": ["mean_cca"], "scope": "lineage"}))
+    assert commands.analyze(sweep) == 1
+    assert f"skipped representation {cid} fc2_relu: activation unreadable" in capsys.readouterr().out
+    rows = _sim(moved, "mean_cca")
+    bad = rows.filter((pl.col("a_checkpoint_id") == cid) | (pl.col("b_checkpoint_id") == cid)).filter(
+        pl.col("a_layer") == "fc2_relu")
+    assert bad.height == 3 and bad["status"].unique().to_list() == ["unreadable"] and bad["value"].null_count() == 3
+    assert rows.filter(pl.col("status") == "ok").height == rows.height - 3
+    assert commands.analyze(sweep) == 0  # extracted again, pairs recomputed
+    assert _sim(moved, "mean_cca")["status"].unique().to_list() == ["ok"]
+    assert _sim(moved, "mean_cca").height == rows.height

@@ -45,7 +45,7 @@ def _run(workdir: Path, reps: list[Rep], measure: str, *, scope: str = "lineage"
     spec = AnalysisSpec(measures=(measure,), scope=scope, tile_size=tile_size)
     pairs = pair_set(reps, layers="same", scope=scope)
     writer = writer or TileWriter(measure, spec_json=spec.model_dump_json(), analysis_id="a1", workdir=workdir)
-    jobs = tile_jobs(pairs, pairs, measure=measure, spec=spec)
+    jobs = tile_jobs(pairs, pairs, measure=measure, spec=spec, workdir=workdir)
     out = writer({"job": np.array([job.to_json() for job in jobs])})
     assert sum(out["rows"]) == len(pairs)
     frame = pl.read_parquet(Layout(workdir).similarity_dir(measure) / "*.parquet")

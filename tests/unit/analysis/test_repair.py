@@ -1,0 +1,57 @@
+"""Repairs before the tables are read: garbled Parquet files are named and set aside (the tables
+scan again), tiles with unreadable activations are dropped with those checkpoints' manifests."""
+from __future__ import annotations
+
+import polars as pl
+
+from analysis.extract import products
+from analysis.repair import retry_unreadable, set_aside_garbled_tables
+from analysis.specs import AnalysisSpec
+from analysis.tables import scan_tables, to_arrow, write_parquet_atomic
+from trainables import storage
+from trainables.layout import Layout
+
+
+def _row(a: str, b: str, status: str = "ok", aid: str = "a1") -> dict:
+    return {"analysis_id": aid, "a_checkpoint_id": a, "a_lineage_id": a[:5], "a_level": int(a[-2:]), "a_layer": "fc1",
+            "b_checkpoint_id": b, "b_lineage_id": b[:5], "b_level": int(b[-2:]), "b_layer": "fc1",
+            "value": None if status != "ok" else 0.5, "status": status}
+
+
+def test_garbled_table_files_are_named_and_set_aside(tmp_path):
+    layout = Layout(tmp_path)
+    write_parquet_atomic(to_arrow([{"sweep": "s", "lineage_id": "cA-s0"}], "sweep_lineages"),
+                         layout.catalog_table_file("sweep_lineages"))
+    good = layout.similarity_file("pwcca", analysis_id="a1", tile_id="t1")
+    write_parquet_atomic(to_arrow([_row("cA-s0/L00", "cA-s0/L01")], "similarity"), good)
+    truncated = layout.similarity_file("pwcca", analysis_id="a1", tile_id="t2")
+    truncated.write_bytes(good.read_bytes()[:-20])
+    garbage = layout.catalog_table_file("levels")
+    garbage.parent.mkdir(parents=True)
+    garbage.write_bytes(b"PAR1 garbage")
+    lines = set_aside_garbled_tables(tmp_path)
+    assert len(lines) == 2 and str(truncated) in lines[1] and str(garbage) in lines[0]
+    assert truncated.with_name(truncated.name + ".corrupt").exists() and not truncated.exists()
+    tables = scan_tables(tmp_path)
+    assert tables["similarity"].collect().height == 1 and tables["levels"].collect().height == 0
+    assert set_aside_garbled_tables(tmp_path) == []
+
+
+def test_tiles_with_unreadable_activations_are_dropped_with_those_manifests(tmp_path):
+    layout, spec = Layout(tmp_path), AnalysisSpec(measures=("pwcca",))
+    kept = layout.similarity_file("pwcca", analysis_id="a1", tile_id="t1")
+    dropped = layout.similarity_file("pwcca", analysis_id="a1", tile_id="t2")
+    other = layout.similarity_file("pwcca", analysis_id="a2", tile_id="t3")  # another analysis: its own
+    write_parquet_atomic(to_arrow([_row("cA-s0/L00", "cA-s0/L00")], "similarity"), kept)
+    write_parquet_atomic(to_arrow([_row("cA-s0/L00", "cA-s0/L01"), _row("cA-s0/L00", "cA-s0/L02", "unreadable")],
+                                  "similarity"), dropped)
+    write_parquet_atomic(to_arrow([_row("cB-s0/L00", "cB-s0/L01", "unreadable", aid="a2")], "similarity"), other)
+    manifests = {cid: products(tmp_path, spec=spec, checkpoint_id=cid).manifest
+                 for cid in ("cA-s0/L00", "cA-s0/L01", "cA-s0/L02", "cB-s0/L00")}
+    for path in manifests.values():
+        storage.write_json(path, [])
+    lines = retry_unreadable(tmp_path, spec=spec, analysis_id="a1")
+    assert [line.split(":")[0] for line in lines] == ["checkpoint cA-s0/L00", "checkpoint cA-s0/L02"]
+    assert kept.exists() and other.exists() and not dropped.exists()
+    assert {cid for cid, path in manifests.items() if path.exists()} == {"cA-s0/L01", "cB-s0/L00"}
+    assert pl.read_parquet(kept).height == 1
