@@ -68,7 +68,7 @@ class UnusableActivation(ValueError):
     get: "unreadable" (missing, truncated, not an array) or "nonfinite" (NaN or infinite
     values, e.g. of a diverged lineage)."""
 
-    def __init__(self, path: str | os.PathLike, reason: str, detail: str):
+    def __init__(self, path: str | os.PathLike, reason: str, *, detail: str):
         super().__init__(f"{path}: {reason} ({detail})")
         self.reason = reason
 
@@ -79,7 +79,7 @@ def activation_shape(path: str | os.PathLike) -> tuple[int, ...]:
     try:
         return tuple(int(d) for d in np.load(path, mmap_mode="r").shape)
     except (OSError, ValueError, EOFError) as error:
-        raise UnusableActivation(path, "unreadable", f"{type(error).__name__}: {error}") from None
+        raise UnusableActivation(path, "unreadable", detail=f"{type(error).__name__}: {error}") from None
 
 
 def load_activation(path: str | os.PathLike) -> np.ndarray:
@@ -88,9 +88,9 @@ def load_activation(path: str | os.PathLike) -> np.ndarray:
     try:
         x = np.load(path)
     except (OSError, ValueError, EOFError) as error:
-        raise UnusableActivation(path, "unreadable", f"{type(error).__name__}: {error}") from None
+        raise UnusableActivation(path, "unreadable", detail=f"{type(error).__name__}: {error}") from None
     if not np.isfinite(x).all():
-        raise UnusableActivation(path, "nonfinite", f"{int((~np.isfinite(x)).sum())} of {x.size} values")
+        raise UnusableActivation(path, "nonfinite", detail=f"{int((~np.isfinite(x)).sum())} of {x.size} values")
     return x
 
 
