@@ -104,3 +104,20 @@ def test_shipped_sweep_files_validate(path):
     load_sweep(path)
     if "smoke" in yaml.safe_load(path.read_text()):
         load_sweep(path, smoke=True)
+
+
+@pytest.mark.parametrize("grid, expected", [
+    ([{"seed": [0, 1]}], "grid: expected a mapping of dotted lineage field -> list of values (got [{'seed': [0, 1]}])"),
+    (None, "grid: expected a mapping of dotted lineage field -> list of values (got None)"),
+    ({1: [2]}, "grid: axis names must be dotted lineage fields, e.g. seed or train.lr (got 1)"),
+])
+def test_a_grid_that_is_not_a_mapping_of_named_axes_is_an_error(grid, expected):
+    with pytest.raises(SpecError) as info:
+        load_sweep({**BASE, "grid": grid, "train": {"lr": -1}})
+    assert expected in info.value.errors
+    assert any(e.startswith("train.lr:") for e in info.value.errors)  # still every error at once
+
+
+def test_smoke_keys_must_be_dotted_fields(tmp_path):
+    with pytest.raises(SpecError, match=r"smoke: override keys must be dotted fields, e.g. train.epochs \(got 7\)"):
+        load_sweep({**BASE, "smoke": {7: 1}}, smoke=True)
