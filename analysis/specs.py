@@ -6,6 +6,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trainables.ids import digest
+from trainables.messages import shown
 
 # Fields that decide which pairs are computed, or how fast, or only the per-checkpoint products
 # (neurons, receptive fields, sharpness: their settings are stored with them), but no similarity
@@ -53,7 +54,7 @@ class AnalysisSpec(BaseModel):
 
         unknown = [m for m in v if m not in MEASURES]
         if unknown:
-            raise ValueError(f"unknown measure {unknown[0]!r}; expected one of {sorted(MEASURES)}")
+            raise ValueError(f"unknown measure {shown(unknown[0])}; expected one of {sorted(MEASURES)}")
         if not v:
             raise ValueError(f"at least one measure is needed; expected some of {sorted(MEASURES)}")
         return tuple(dict.fromkeys(v))
@@ -65,7 +66,7 @@ class AnalysisSpec(BaseModel):
 
         unknown = [m for m in v if m not in MEASURES]
         if unknown:
-            raise ValueError(f"options for unknown measure {unknown[0]!r}; expected one of {sorted(MEASURES)}")
+            raise ValueError(f"options for unknown measure {shown(unknown[0])}; expected one of {sorted(MEASURES)}")
         return v
 
 

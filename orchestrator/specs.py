@@ -11,25 +11,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from analysis.specs import AnalysisSpec
+from orchestrator.errors import SpecError
 from orchestrator.search import SearchSpec
+from orchestrator.sweep_input import check_bounds, parse_yaml, read_sweep_file
 from trainables.layout import Layout
 from trainables.messages import shown
 from trainables.specs import LineageSpec, with_overrides
 
 SWEEP_KEYS = ("name", "workdir", "storage_path", "tracking_uri", "resources", "max_concurrent",
               "max_failures", "chunk_size", "grid", "search", "analysis", "smoke")
-
-
-class SpecError(ValueError):
-    """A sweep file (or its overrides) is invalid; `errors` lists every problem."""
-
-    def __init__(self, errors: Sequence[str], source: str = "sweep"):
-        self.errors = list(errors)
-        super().__init__(f"{source}: {len(self.errors)} error(s)\n" + "\n".join(f"  - {e}" for e in self.errors))
 
 
 class Resources(BaseModel):
@@ -95,9 +88,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key.strip()):
         raise SpecError([f"--set {shown(text)}: expected key=value with a dotted key, e.g. train.epochs=2"], "overrides")
     try:
-        return key.strip(), yaml.safe_load(raw)
-    except yaml.YAMLError as err:
-        raise SpecError([f"--set {key}: value {shown(raw)} is not valid YAML ({err})"], "overrides") from None
+        return key.strip(), parse_yaml(raw, source=f"--set {key.strip()}")
+    except SpecError as err:
+        raise SpecError([f"--set {key.strip()}: {e}" for e in err.errors], "overrides") from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -233,15 +226,10 @@ def load_sweep(
     if isinstance(source, Mapping):
         raw, name = dict(source), "sweep"
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise SpecError([f"sweep file {str(path)!r} does not exist"], str(path))
-        try:
-            raw, name = yaml.safe_load(path.read_text()), str(path)
-        except yaml.YAMLError as err:
-            raise SpecError([f"not valid YAML: {err}"], str(path)) from None
+        raw, name = read_sweep_file(source), str(source)
     if not isinstance(raw, dict):
         raise SpecError([f"the sweep file must be a mapping of keys; got {type(raw).__name__}"], name)
+    check_bounds(raw, source=name)
     if smoke:
         smoke_overrides = raw.get("smoke") or {}
         if not isinstance(smoke_overrides, dict) or not smoke_overrides:
@@ -253,4 +241,6 @@ def load_sweep(
         raw = apply_overrides(raw, smoke_overrides)
     if not isinstance(overrides, Mapping):
         overrides = dict(parse_override(o) for o in overrides)
-    return validate_sweep(apply_overrides(raw, overrides), name)
+    raw = apply_overrides(raw, overrides)
+    check_bounds(raw, source=name)
+    return validate_sweep(raw, name)

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from trainables.messages import shown
+
 # Bump when an existing default or meaning changes: it renames every lineage on purpose.
 SCHEMA_VERSION = 1
 
@@ -104,7 +106,7 @@ class PruneSpec(_Spec):
         if v is not None:
             bad = [t for t in v if not 0 < t < 1]
             if bad:
-                raise ValueError(f"every target sparsity must lie in (0, 1); got {bad}")
+                raise ValueError(f"every target sparsity must lie in (0, 1); got {shown(bad)}")
         return v
 
     @field_validator("layer_rates")
@@ -112,7 +114,7 @@ class PruneSpec(_Spec):
     def _rates_in_range(cls, v: dict[str, float]) -> dict[str, float]:
         bad = {k: r for k, r in v.items() if not 0 <= r < 1}
         if bad:
-            raise ValueError(f"layer rates must lie in [0, 1); got {bad}")
+            raise ValueError(f"layer rates must lie in [0, 1); got {shown(bad)}")
         return v
 
     @model_validator(mode="after")
@@ -171,7 +173,7 @@ class LineageSpec(_Spec):
         from trainables.models import MODELS
 
         if v not in MODELS:
-            raise ValueError(f"unknown model {v!r}; expected one of {sorted(MODELS)}")
+            raise ValueError(f"unknown model {shown(v)}; expected one of {sorted(MODELS)}")
         return v
 
     @field_validator("dataset")
@@ -180,7 +182,7 @@ class LineageSpec(_Spec):
         from trainables.data import DATASETS
 
         if v not in DATASETS:
-            raise ValueError(f"unknown dataset {v!r}; expected one of {sorted(DATASETS)}")
+            raise ValueError(f"unknown dataset {shown(v)}; expected one of {sorted(DATASETS)}")
         return v
 
     @model_validator(mode="after")
@@ -195,7 +197,7 @@ class LineageSpec(_Spec):
                 unknown = sorted(set(given) - set(valid_of(name)))
                 if unknown:
                     raise ValueError(
-                        f"{field}: unknown option {unknown[0]!r} for {name!r}; expected one of {sorted(valid_of(name))}"
+                        f"{field}: unknown option {shown(unknown[0])} for {name!r}; expected one of {sorted(valid_of(name))}"
                     )
         return self
 
