@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from analysis.specs import AnalysisSpec
 from orchestrator.errors import SpecError
@@ -19,22 +19,19 @@ from orchestrator.search import SearchSpec
 from orchestrator.sweep_input import check_bounds, parse_yaml, read_sweep_file
 from trainables.layout import Layout
 from trainables.messages import shown
-from trainables.specs import LineageSpec, with_overrides
+from trainables.specs import LineageSpec, SpecModel, with_overrides
 
 SWEEP_KEYS = ("name", "workdir", "storage_path", "tracking_uri", "resources", "max_concurrent",
               "max_failures", "chunk_size", "grid", "search", "analysis", "smoke")
 
 
-class Resources(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class Resources(SpecModel):
     cpu: float = Field(1.0, gt=0, description="CPUs per lineage trial.")
     gpu: float = Field(0.0, ge=0, description="GPUs per lineage trial (fractional shares a GPU).")
 
 
-class SweepSpec(BaseModel):
+class SweepSpec(SpecModel):
     """A validated sweep: `lineages` is the grid expanded into LineageSpecs, in grid order."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Sweep name (MLflow experiment).")
     workdir: str = Field(description="Where checkpoints, tables and the default MLflow store live.")

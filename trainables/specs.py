@@ -20,6 +20,9 @@ RUNTIME_FIELDS = frozenset(
 # Keywords of `prune.exclude`; any other entry is a glob over parameter names.
 EXCLUDE_KINDS = ("bias", "bn", "output")
 
+# Larger integers are typos (epochs: 100000000000000000000000) and overflow what they size.
+MAX_INT = 2**31 - 1
+
 
 def with_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """A deep copy of `base` with dotted keys set: {"train.lr": 0.1} sets base["train"]["lr"]."""
@@ -35,11 +38,24 @@ def with_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     return out
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class SpecModel(BaseModel):
+    """Base of every spec: frozen, unknown keys refused, scalars strict. An int field takes an int
+    within +-MAX_INT (not '1', 1.0 or true); a float field an int or a finite float (not '0.1',
+    .inf or yes); a bool field true or false. Tuple fields say `strict=False`, which lets a list
+    (YAML and JSON have no tuples) stand in while their items stay strict."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _ints_within_bounds(cls, value: Any) -> Any:
+        items = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, int) and abs(v) > MAX_INT for v in items):
+            raise ValueError(f"integers must lie within +-{MAX_INT}")
+        return value
 
 
-class TrainSpec(_Spec):
+class TrainSpec(SpecModel):
     """How each level is trained."""
 
     optimizer: Literal["sgd", "adam"] = Field("sgd", description="Optimizer.")
@@ -53,7 +69,7 @@ class TrainSpec(_Spec):
         "constant", description="Learning-rate schedule within a level."
     )
     warmup_epochs: float = Field(0.0, ge=0, description="Linear warm-up from 0, in epochs.")
-    milestones: tuple[int, ...] = Field((), description="Epochs at which multistep decays.")
+    milestones: tuple[int, ...] = Field((), strict=False, description="Epochs at which multistep decays.")
     step_epochs: int = Field(0, ge=0, description="Decay period of the step schedule, in epochs.")
     gamma: float = Field(0.1, gt=0, le=1, description="Decay factor of step and multistep.")
 
@@ -66,7 +82,7 @@ class TrainSpec(_Spec):
         return self
 
 
-class PruneSpec(_Spec):
+class PruneSpec(SpecModel):
     """Which weights are removed, when, and where training restarts from."""
 
     schedule: Literal["imp", "oneshot", "gradual", "aimp"] = Field(
@@ -75,13 +91,13 @@ class PruneSpec(_Spec):
     rate: float = Field(0.2, gt=0, lt=1, description="Fraction of the remaining weights removed per level.")
     levels: int = Field(4, ge=0, description="Pruned levels after the dense level 0.")
     targets: tuple[float, ...] | None = Field(
-        None, description="Sparsities of levels 1.. for oneshot/gradual (default: IMP's)."
+        None, strict=False, description="Sparsities of levels 1.. for oneshot/gradual (default: IMP's)."
     )
     scope: Literal["global", "layerwise"] = Field("global", description="Magnitude ranking scope.")
     rewind: Literal["init", "step", "lr", "finetune"] = Field("init", description="Restart point.")
     rewind_step: int = Field(0, ge=0, description="Iteration of level 0 to rewind to (rewind: step).")
     exclude: tuple[str, ...] = Field(
-        ("bias", "bn"), description="Never pruned: kinds bias/bn/output, or globs over parameter names."
+        ("bias", "bn"), strict=False, description="Never pruned: kinds bias/bn/output, or globs over parameter names."
     )
     layer_rates: dict[str, float] = Field(
         {}, description="Per-parameter rate overrides: glob (or 'output') -> rate."
@@ -137,7 +153,7 @@ class PruneSpec(_Spec):
         return len(self.level_sparsities())
 
 
-class LineageSpec(_Spec):
+class LineageSpec(SpecModel):
     """One IMP lineage: a model, a dataset, a seed, training and pruning; levels 0..L."""
 
     model: str = Field(description="Model registry key, e.g. lenet_300_100.")
