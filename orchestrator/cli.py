@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from orchestrator.specs import SpecError, SweepSpec, load_sweep
+from orchestrator.workdir import check_workdir
 
 DEMO_SWEEP = "demo.yaml"
 
@@ -113,6 +114,8 @@ def _dispatch(args) -> int:
     from orchestrator import commands
 
     sweep = _load(args)
+    if args.verb in ("run", "analyze", "report", "ui", "demo"):  # the verbs that write to the workdir
+        check_workdir(sweep.workdir)
     if args.verb in ("run", "analyze", "demo"):
         leave_job_working_dir(sweep)
     if args.verb == "run":

@@ -21,6 +21,8 @@ from trainables.layout import Layout
 from trainables.messages import shown
 from trainables.specs import LineageSpec, SpecModel, with_overrides
 
+MAX_NAME_CHARS = 100
+
 SWEEP_KEYS = ("name", "workdir", "storage_path", "tracking_uri", "resources", "max_concurrent",
               "max_failures", "chunk_size", "grid", "search", "analysis", "smoke")
 
@@ -33,7 +35,10 @@ class Resources(SpecModel):
 class SweepSpec(SpecModel):
     """A validated sweep: `lineages` is the grid expanded into LineageSpecs, in grid order."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Sweep name (MLflow experiment).")
+    # The name becomes a folder (ray/<name>, reports/<name>) and part of MLflow tag keys (at most
+    # 250 characters): bounded well below both.
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=MAX_NAME_CHARS,
+                      description="Sweep name (MLflow experiment).")
     workdir: str = Field(description="Where checkpoints, tables and the default MLflow store live.")
     storage_path: str | None = Field(
         None, description="Ray Tune storage (local path or s3://, gs://); default <workdir>/ray."

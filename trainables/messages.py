@@ -15,7 +15,7 @@ _REPR.maxlong = 24
 SHOWN_CHARS = 120
 
 
-def shown(value: Any) -> str:
-    """repr(value), cut to at most SHOWN_CHARS characters (nested containers elided with ...)."""
-    text = _REPR.repr(value)
-    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
+def shown(value: Any, *, chars: int = SHOWN_CHARS) -> str:
+    """repr(value), cut to at most `chars` characters (nested containers elided with ...)."""
+    text = repr(value) if isinstance(value, str) and len(value) <= chars else _REPR.repr(value)
+    return text if len(text) <= chars else text[: chars - 3] + "..."
