@@ -88,7 +88,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     """`key=value` with a YAML value (`grid.seed=[0,1]`, `train.lr=0.05`, `download=true`)."""
     key, sep, raw = text.partition("=")
     if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key.strip()):
-        raise SpecError([f"--set {shown(text)}: expected key=value with a dotted key, e.g. train.epochs=2"], "overrides")
+        raise SpecError([f"--set {shown(text)}: expected key=value with a dotted key, e.g. train.epochs=2"],
+                        "overrides")
     try:
         return key.strip(), parse_yaml(raw, source=f"--set {key.strip()}")
     except SpecError as err:

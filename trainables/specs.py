@@ -213,7 +213,8 @@ class LineageSpec(SpecModel):
                 unknown = sorted(set(given) - set(valid_of(name)))
                 if unknown:
                     raise ValueError(
-                        f"{field}: unknown option {shown(unknown[0])} for {name!r}; expected one of {sorted(valid_of(name))}"
+                        f"{field}: unknown option {shown(unknown[0])} for {name!r}; "
+                        f"expected one of {sorted(valid_of(name))}"
                     )
         return self
 

@@ -113,8 +113,10 @@ def test_every_duplicate_key_is_reported_at_once_with_its_lines(tmp_path):
 def test_a_merge_key_may_be_overridden(tmp_path):
     path = tmp_path / "merge.yaml"
     path.write_text(HEAD.format(workdir=tmp_path / "w")
-                    + "smoke: &quick {train.epochs: 1}\ntrain: {<<: *quick, epochs: 2}\n".replace("train.epochs", "epochs"))
-    assert load_sweep(path, overrides=["smoke={}"]).lineages[0].train.epochs == 2
+                    + "train: &t {epochs: 1, lr: 0.05}\nsmoke: {train: {<<: *t, epochs: 2}}\n")
+    assert load_sweep(path).lineages[0].train.epochs == 1
+    train = load_sweep(path, smoke=True).lineages[0].train
+    assert (train.epochs, train.lr) == (2, 0.05)
 
 
 def test_floats_with_exponents_are_floats(tmp_path):
