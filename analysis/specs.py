@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from trainables.ids import digest
+from trainables.messages import shown
+from trainables.specs import SpecModel
 
 # Fields that decide which pairs are computed, or how fast, or only the per-checkpoint products
 # (neurons, receptive fields, sharpness: their settings are stored with them), but no similarity
@@ -16,16 +18,14 @@ SELECTION_FIELDS = frozenset({
 })
 
 
-class AnalysisSpec(BaseModel):
+class AnalysisSpec(SpecModel):
     """What `impsweep analyze` computes for a sweep's checkpoints."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     probe_size: int | None = Field(
         None, ge=2, description="Probe examples; default: 5,000, the whole set for small data."
     )
     probe_seed: int = Field(0, ge=0, description="Seed of the probe subset.")
-    measures: tuple[str, ...] = Field(("linear_cka", "pwcca"), description="Similarity measures.")
+    measures: tuple[str, ...] = Field(("linear_cka", "pwcca"), strict=False, description="Similarity measures.")
     layers: Literal["same", "all"] = Field("same", description="Same layer only, or every layer pair.")
     scope: Literal["dense", "lineage", "seeds", "all"] = Field(
         "dense", description="dense: each checkpoint vs its lineage's level 0; lineage: all pairs "
@@ -53,7 +53,7 @@ class AnalysisSpec(BaseModel):
 
         unknown = [m for m in v if m not in MEASURES]
         if unknown:
-            raise ValueError(f"unknown measure {unknown[0]!r}; expected one of {sorted(MEASURES)}")
+            raise ValueError(f"unknown measure {shown(unknown[0])}; expected one of {sorted(MEASURES)}")
         if not v:
             raise ValueError(f"at least one measure is needed; expected some of {sorted(MEASURES)}")
         return tuple(dict.fromkeys(v))
@@ -67,7 +67,7 @@ class AnalysisSpec(BaseModel):
 
         unknown = [m for m in v if m not in MEASURES]
         if unknown:
-            raise ValueError(f"options for unknown measure {unknown[0]!r}; expected one of {sorted(MEASURES)}")
+            raise ValueError(f"options for unknown measure {shown(unknown[0])}; expected one of {sorted(MEASURES)}")
         errors = []
         for measure, options in v.items():  # checked here, not first inside a tile actor
             try:

@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
+from orchestrator.query import DEFAULT_LIMIT
 from orchestrator.specs import SpecError, SweepSpec, load_sweep
+from orchestrator.workdir import check_workdir
 
 DEMO_SWEEP = "demo.yaml"
 
@@ -46,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("sql", help='SQL, e.g. "SELECT * FROM levels LIMIT 5"')
     query.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
     query.add_argument("--output", type=Path, help="file to write (required for parquet)")
+    query.add_argument("--limit", type=int, default=DEFAULT_LIMIT,
+                       help=f"rows shown or written at most (default: {DEFAULT_LIMIT})")
+    query.add_argument("--max-memory-gb", type=float, default=None,
+                       help="stop the query past this much memory (default: half of this machine's)")
     ui = with_sweep("ui", "serve the MLflow UI of the sweep's tracking store on 127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
@@ -113,6 +119,8 @@ def _dispatch(args) -> int:
     from orchestrator import commands
 
     sweep = _load(args)
+    if args.verb in ("run", "analyze", "report", "ui", "demo"):  # the verbs that write to the workdir
+        check_workdir(sweep.workdir)
     if args.verb in ("run", "analyze", "demo"):
         leave_job_working_dir(sweep)
     if args.verb == "run":
@@ -124,7 +132,8 @@ def _dispatch(args) -> int:
     if args.verb == "report":
         return commands.report(sweep)
     if args.verb == "query":
-        return commands.query(sweep, args.sql, fmt=args.format, output=args.output)
+        return commands.query(sweep, args.sql, fmt=args.format, output=args.output, limit=args.limit,
+                              max_memory_gb=args.max_memory_gb)
     if args.verb == "ui":
         return commands.ui(sweep, host=args.host, port=args.port)
     if args.verb == "demo":

@@ -1,6 +1,7 @@
 """What each CLI verb does, given a validated sweep. Each returns the process exit code."""
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import polars as pl
 from orchestrator.experiments import ensure_ray
 from orchestrator.launch import prepare_tracking, run_sweep
 from orchestrator.plan import plan_sweep
+from orchestrator.query import DEFAULT_LIMIT, default_max_memory_bytes, run_query
 from orchestrator.specs import SpecError, SweepSpec
 
 
@@ -71,28 +73,49 @@ def report(sweep: SweepSpec) -> int:
     return 0
 
 
-def query(sweep: SweepSpec, sql: str, *, fmt: str = "table", output: Path | None = None) -> int:
+def query(sweep: SweepSpec, sql: str, *, fmt: str = "table", output: Path | None = None,
+          limit: int = DEFAULT_LIMIT, max_memory_gb: float | None = None) -> int:
     from analysis.tables import scan_tables
 
-    context = pl.SQLContext(scan_tables(sweep.workdir), eager=True)
+    errors = _query_option_errors(fmt=fmt, output=output, limit=limit, max_memory_gb=max_memory_gb)
+    if errors:
+        raise SpecError(errors, "query")
+    max_bytes = int(max_memory_gb * 2**30) if max_memory_gb else default_max_memory_bytes()
+    outcome = run_query(scan_tables(sweep.workdir), sql, limit=limit, max_memory_bytes=max_bytes)
+    result = outcome.frame
     try:
-        result = context.execute(sql)
-    except Exception as err:  # polars raises several SQL error types; all are bad input here
-        raise SpecError([f"query: {err}"], "query") from None
-    if fmt == "parquet":
-        if output is None:
-            raise SpecError(["--format parquet needs --output FILE"], "query")
-        result.write_parquet(output)
-    elif fmt == "csv":
-        text = result.write_csv()
-        output.write_text(text) if output else sys.stdout.write(text)
-    elif fmt == "json":
-        text = result.write_json()
-        output.write_text(text) if output else sys.stdout.write(text + "\n")
-    else:
-        with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=60):
-            print(result)
+        if fmt == "parquet":
+            result.write_parquet(output)
+        elif fmt == "csv":
+            text = result.write_csv()
+            output.write_text(text) if output else sys.stdout.write(text)
+        elif fmt == "json":
+            text = result.write_json()
+            output.write_text(text) if output else sys.stdout.write(text + "\n")
+        else:
+            with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=60):
+                print(result)
+    except OSError as err:  # checked before the query ran; the file system can still refuse
+        raise SpecError([f"--output: cannot write {str(output)!r} ({err.strerror})"], "query") from None
+    if outcome.truncated:
+        print(f"impsweep: first {limit} rows; pass --limit to see more", file=sys.stderr, flush=True)
     return 0
+
+
+def _query_option_errors(*, fmt: str, output: Path | None, limit: int, max_memory_gb: float | None) -> list[str]:
+    errors = []
+    if limit < 1:
+        errors.append(f"--limit: expected a positive number of rows (got {limit})")
+    if max_memory_gb is not None and not (math.isfinite(max_memory_gb) and max_memory_gb > 0):
+        errors.append(f"--max-memory-gb: expected a positive number of GB (got {max_memory_gb})")
+    if fmt == "parquet" and output is None:
+        errors.append("--format parquet needs --output FILE")
+    if output is not None and fmt != "table":
+        if output.is_dir():
+            errors.append(f"--output: {str(output)!r} is a folder; expected a file to write")
+        elif not output.absolute().parent.is_dir():
+            errors.append(f"--output: the folder of {str(output)!r} does not exist")
+    return errors
 
 
 def ui(sweep: SweepSpec, *, host: str = "127.0.0.1", port: int = 5000) -> int:

@@ -93,8 +93,8 @@ def _spec_from_params(sweep: SweepSpec, params: dict[str, str], lid: str) -> Lin
         if key in params:
             try:
                 sample[key] = json.loads(params[key])
-            except ValueError:  # a string value, logged without quotes
-                sample[key] = params[key]
+            except ValueError:  # a string logged without quotes, or str() of a bool or None
+                sample[key] = {"True": True, "False": False, "None": None}.get(params[key], params[key])
     try:
         spec = LineageSpec.model_validate(with_overrides(sweep.base, sample))
     except ValueError:

@@ -10,13 +10,13 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from trainables.specs import SpecModel
 
 
-class Distribution(BaseModel):
+class Distribution(SpecModel):
     """One searched field: `uniform`/`loguniform`/`int` between low and high, or a `choice`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     type: Literal["uniform", "loguniform", "int", "choice"] = Field(description="Distribution kind.")
     low: float | None = Field(None, description="Lower bound (uniform, loguniform, int).")
@@ -54,18 +54,15 @@ class Distribution(BaseModel):
         return (tune.loguniform if self.type == "loguniform" else tune.uniform)(self.low, self.high)
 
 
-class AshaSpec(BaseModel):
+class AshaSpec(SpecModel):
     """Early stopping across levels: lineages falling behind at a level stop there."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
     grace_period: int = Field(1, ge=1, description="Levels every lineage runs before it may stop.")
     reduction_factor: float = Field(2.0, gt=1, description="Fraction 1/rf of lineages promoted per rung.")
 
 
-class SearchSpec(BaseModel):
+class SearchSpec(SpecModel):
     """Optuna search: `num_samples` lineages proposed from `space`, optimising `metric`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     space: dict[str, Distribution] = Field(description="Dotted lineage field -> distribution.")
     sampler: Literal["tpe", "cmaes"] = Field("tpe", description="Optuna sampler.")

@@ -11,38 +11,34 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from analysis.specs import AnalysisSpec
+from orchestrator.errors import SpecError
 from orchestrator.search import SearchSpec
+from orchestrator.sweep_input import check_bounds, parse_yaml, read_sweep_file
 from trainables.layout import Layout
-from trainables.specs import LineageSpec, with_overrides
+from trainables.messages import shown
+from trainables.specs import LineageSpec, SpecModel, with_overrides
+
+MAX_NAME_CHARS = 100
 
 SWEEP_KEYS = ("name", "workdir", "storage_path", "tracking_uri", "resources", "max_concurrent",
               "max_failures", "chunk_size", "grid", "search", "analysis", "smoke")
 
 
-class SpecError(ValueError):
-    """A sweep file (or its overrides) is invalid; `errors` lists every problem."""
-
-    def __init__(self, errors: Sequence[str], source: str = "sweep"):
-        self.errors = list(errors)
-        super().__init__(f"{source}: {len(self.errors)} error(s)\n" + "\n".join(f"  - {e}" for e in self.errors))
-
-
-class Resources(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class Resources(SpecModel):
     cpu: float = Field(1.0, gt=0, description="CPUs per lineage trial.")
     gpu: float = Field(0.0, ge=0, description="GPUs per lineage trial (fractional shares a GPU).")
 
 
-class SweepSpec(BaseModel):
+class SweepSpec(SpecModel):
     """A validated sweep: `lineages` is the grid expanded into LineageSpecs, in grid order."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Sweep name (MLflow experiment).")
+    # The name becomes a folder (ray/<name>, reports/<name>) and part of MLflow tag keys (at most
+    # 250 characters): bounded well below both.
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=MAX_NAME_CHARS,
+                      description="Sweep name (MLflow experiment).")
     workdir: str = Field(description="Where checkpoints, tables and the default MLflow store live.")
     storage_path: str | None = Field(
         None, description="Ray Tune storage (local path or s3://, gs://); default <workdir>/ray."
@@ -92,11 +88,12 @@ def parse_override(text: str) -> tuple[str, Any]:
     """`key=value` with a YAML value (`grid.seed=[0,1]`, `train.lr=0.05`, `download=true`)."""
     key, sep, raw = text.partition("=")
     if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key.strip()):
-        raise SpecError([f"--set {text!r}: expected key=value with a dotted key, e.g. train.epochs=2"], "overrides")
+        raise SpecError([f"--set {shown(text)}: expected key=value with a dotted key, e.g. train.epochs=2"],
+                        "overrides")
     try:
-        return key.strip(), yaml.safe_load(raw)
-    except yaml.YAMLError as err:
-        raise SpecError([f"--set {key}: value {raw!r} is not valid YAML ({err})"], "overrides") from None
+        return key.strip(), parse_yaml(raw, source=f"--set {key.strip()}")
+    except SpecError as err:
+        raise SpecError([f"--set {key.strip()}: {e}" for e in err.errors], "overrides") from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -117,8 +114,8 @@ def _format(err: dict[str, Any], root: type[BaseModel], prefix: str = "") -> str
     if err["type"] == "extra_forbidden":
         msg += f"; expected one of {_fields_at(root, loc[:-1])}"
     value = err.get("input")
-    shown = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(value, dict) else f" (got {value!r})"
-    return f"{path}: {msg}{shown}" if path else msg
+    got = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(value, dict) else f" (got {shown(value)})"
+    return f"{path}: {msg}{got}" if path else msg
 
 
 def _fields_at(root: type[BaseModel], loc: Sequence[str]) -> list[str]:
@@ -158,10 +155,8 @@ def validate_sweep(raw: Any, source: str = "sweep") -> SweepSpec:
         sweep = SweepSpec.model_validate({**sweep_part, "base": base})
     except ValidationError as err:
         errors += [_format(e, SweepSpec) for e in err.errors() if e["loc"][:1] not in (("base",), ("grid",))]
-    grid = raw.get("grid") if isinstance(raw.get("grid"), dict) else {}
-    bad_axes = [k for k, v in grid.items() if not isinstance(v, list) or not v]
-    errors += [f"grid.{k}: expected a non-empty list of values (got {grid[k]!r})" for k in bad_axes]
-    grid = {k: v for k, v in grid.items() if k not in bad_axes}
+    grid, grid_errors = _grid_axes(raw)
+    errors += grid_errors
     lineages, seen = [], set()
     for point, lineage in expand_grid(base, grid):
         try:
@@ -177,6 +172,18 @@ def validate_sweep(raw: Any, source: str = "sweep") -> SweepSpec:
     if errors:
         raise SpecError(errors, source)
     return sweep.model_copy(update={"lineages": () if sweep.search else _dedupe(lineages)})
+
+
+def _grid_axes(raw: dict[str, Any]) -> tuple[dict[str, list[Any]], list[str]]:
+    """The well-formed axes of the sweep's grid, and an error for every other part of it."""
+    grid = raw.get("grid", {})
+    if not isinstance(grid, dict):
+        return {}, [f"grid: expected a mapping of dotted lineage field -> list of values (got {shown(grid)})"]
+    errors = [f"grid: axis names must be dotted lineage fields, e.g. seed or train.lr (got {shown(k)})"
+              for k in grid if not isinstance(k, str)]
+    errors += [f"grid.{k}: expected a non-empty list of values (got {shown(v)})"
+               for k, v in grid.items() if isinstance(k, str) and (not isinstance(v, list) or not v)]
+    return {k: v for k, v in grid.items() if isinstance(k, str) and isinstance(v, list) and v}, errors
 
 
 def _search_errors(raw: dict[str, Any], base: dict[str, Any], grid: dict[str, Any], seen: set[str]) -> list[str]:
@@ -222,20 +229,21 @@ def load_sweep(
     if isinstance(source, Mapping):
         raw, name = dict(source), "sweep"
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise SpecError([f"sweep file {str(path)!r} does not exist"], str(path))
-        try:
-            raw, name = yaml.safe_load(path.read_text()), str(path)
-        except yaml.YAMLError as err:
-            raise SpecError([f"not valid YAML: {err}"], str(path)) from None
+        raw, name = read_sweep_file(source), str(source)
     if not isinstance(raw, dict):
         raise SpecError([f"the sweep file must be a mapping of keys; got {type(raw).__name__}"], name)
+    check_bounds(raw, source=name)
     if smoke:
         smoke_overrides = raw.get("smoke") or {}
         if not isinstance(smoke_overrides, dict) or not smoke_overrides:
             raise SpecError(["--smoke: this sweep file has no `smoke:` mapping of overrides"], name)
+        bad = [k for k in smoke_overrides if not isinstance(k, str)]
+        if bad:
+            raise SpecError([f"smoke: override keys must be dotted fields, e.g. train.epochs (got {shown(k)})"
+                             for k in bad], name)
         raw = apply_overrides(raw, smoke_overrides)
     if not isinstance(overrides, Mapping):
         overrides = dict(parse_override(o) for o in overrides)
-    return validate_sweep(apply_overrides(raw, overrides), name)
+    raw = apply_overrides(raw, overrides)
+    check_bounds(raw, source=name)
+    return validate_sweep(raw, name)

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from trainables.messages import shown
+
 # Bump when an existing default or meaning changes: it renames every lineage on purpose.
 SCHEMA_VERSION = 1
 
@@ -17,6 +19,9 @@ RUNTIME_FIELDS = frozenset(
 
 # Keywords of `prune.exclude`; any other entry is a glob over parameter names.
 EXCLUDE_KINDS = ("bias", "bn", "output")
+
+# Larger integers are typos (epochs: 100000000000000000000000) and overflow what they size.
+MAX_INT = 2**31 - 1
 
 
 def with_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -33,11 +38,24 @@ def with_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     return out
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class SpecModel(BaseModel):
+    """Base of every spec: frozen, unknown keys refused, scalars strict. An int field takes an int
+    within +-MAX_INT (not '1', 1.0 or true); a float field an int or a finite float (not '0.1',
+    .inf or yes); a bool field true or false. Tuple fields say `strict=False`, which lets a list
+    (YAML and JSON have no tuples) stand in while their items stay strict."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _ints_within_bounds(cls, value: Any) -> Any:
+        items = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, int) and abs(v) > MAX_INT for v in items):
+            raise ValueError(f"integers must lie within +-{MAX_INT}")
+        return value
 
 
-class TrainSpec(_Spec):
+class TrainSpec(SpecModel):
     """How each level is trained."""
 
     optimizer: Literal["sgd", "adam"] = Field("sgd", description="Optimizer.")
@@ -51,7 +69,7 @@ class TrainSpec(_Spec):
         "constant", description="Learning-rate schedule within a level."
     )
     warmup_epochs: float = Field(0.0, ge=0, description="Linear warm-up from 0, in epochs.")
-    milestones: tuple[int, ...] = Field((), description="Epochs at which multistep decays.")
+    milestones: tuple[int, ...] = Field((), strict=False, description="Epochs at which multistep decays.")
     step_epochs: int = Field(0, ge=0, description="Decay period of the step schedule, in epochs.")
     gamma: float = Field(0.1, gt=0, le=1, description="Decay factor of step and multistep.")
 
@@ -64,7 +82,7 @@ class TrainSpec(_Spec):
         return self
 
 
-class PruneSpec(_Spec):
+class PruneSpec(SpecModel):
     """Which weights are removed, when, and where training restarts from."""
 
     schedule: Literal["imp", "oneshot", "gradual", "aimp"] = Field(
@@ -73,13 +91,13 @@ class PruneSpec(_Spec):
     rate: float = Field(0.2, gt=0, lt=1, description="Fraction of the remaining weights removed per level.")
     levels: int = Field(4, ge=0, description="Pruned levels after the dense level 0.")
     targets: tuple[float, ...] | None = Field(
-        None, description="Sparsities of levels 1.. for oneshot/gradual (default: IMP's)."
+        None, strict=False, description="Sparsities of levels 1.. for oneshot/gradual (default: IMP's)."
     )
     scope: Literal["global", "layerwise"] = Field("global", description="Magnitude ranking scope.")
     rewind: Literal["init", "step", "lr", "finetune"] = Field("init", description="Restart point.")
     rewind_step: int = Field(0, ge=0, description="Iteration of level 0 to rewind to (rewind: step).")
     exclude: tuple[str, ...] = Field(
-        ("bias", "bn"), description="Never pruned: kinds bias/bn/output, or globs over parameter names."
+        ("bias", "bn"), strict=False, description="Never pruned: kinds bias/bn/output, or globs over parameter names."
     )
     layer_rates: dict[str, float] = Field(
         {}, description="Per-parameter rate overrides: glob (or 'output') -> rate."
@@ -104,7 +122,7 @@ class PruneSpec(_Spec):
         if v is not None:
             bad = [t for t in v if not 0 < t < 1]
             if bad:
-                raise ValueError(f"every target sparsity must lie in (0, 1); got {bad}")
+                raise ValueError(f"every target sparsity must lie in (0, 1); got {shown(bad)}")
         return v
 
     @field_validator("layer_rates")
@@ -112,7 +130,7 @@ class PruneSpec(_Spec):
     def _rates_in_range(cls, v: dict[str, float]) -> dict[str, float]:
         bad = {k: r for k, r in v.items() if not 0 <= r < 1}
         if bad:
-            raise ValueError(f"layer rates must lie in [0, 1); got {bad}")
+            raise ValueError(f"layer rates must lie in [0, 1); got {shown(bad)}")
         return v
 
     @model_validator(mode="after")
@@ -135,7 +153,7 @@ class PruneSpec(_Spec):
         return len(self.level_sparsities())
 
 
-class LineageSpec(_Spec):
+class LineageSpec(SpecModel):
     """One IMP lineage: a model, a dataset, a seed, training and pruning; levels 0..L."""
 
     model: str = Field(description="Model registry key, e.g. lenet_300_100.")
@@ -171,7 +189,7 @@ class LineageSpec(_Spec):
         from trainables.models import MODELS
 
         if v not in MODELS:
-            raise ValueError(f"unknown model {v!r}; expected one of {sorted(MODELS)}")
+            raise ValueError(f"unknown model {shown(v)}; expected one of {sorted(MODELS)}")
         return v
 
     @field_validator("dataset")
@@ -180,7 +198,7 @@ class LineageSpec(_Spec):
         from trainables.data import DATASETS
 
         if v not in DATASETS:
-            raise ValueError(f"unknown dataset {v!r}; expected one of {sorted(DATASETS)}")
+            raise ValueError(f"unknown dataset {shown(v)}; expected one of {sorted(DATASETS)}")
         return v
 
     @model_validator(mode="after")
@@ -195,7 +213,8 @@ class LineageSpec(_Spec):
                 unknown = sorted(set(given) - set(valid_of(name)))
                 if unknown:
                     raise ValueError(
-                        f"{field}: unknown option {unknown[0]!r} for {name!r}; expected one of {sorted(valid_of(name))}"
+                        f"{field}: unknown option {shown(unknown[0])} for {name!r}; "
+                        f"expected one of {sorted(valid_of(name))}"
                     )
         return self
 

@@ -104,3 +104,51 @@ def test_shipped_sweep_files_validate(path):
     load_sweep(path)
     if "smoke" in yaml.safe_load(path.read_text()):
         load_sweep(path, smoke=True)
+
+
+@pytest.mark.parametrize("grid, expected", [
+    ([{"seed": [0, 1]}], "grid: expected a mapping of dotted lineage field -> list of values (got [{'seed': [0, 1]}])"),
+    (None, "grid: expected a mapping of dotted lineage field -> list of values (got None)"),
+    ({1: [2]}, "grid: axis names must be dotted lineage fields, e.g. seed or train.lr (got 1)"),
+])
+def test_a_grid_that_is_not_a_mapping_of_named_axes_is_an_error(grid, expected):
+    with pytest.raises(SpecError) as info:
+        load_sweep({**BASE, "grid": grid, "train": {"lr": -1}})
+    assert expected in info.value.errors
+    assert any(e.startswith("train.lr:") for e in info.value.errors)  # still every error at once
+
+
+def test_smoke_keys_must_be_dotted_fields(tmp_path):
+    with pytest.raises(SpecError, match=r"smoke: override keys must be dotted fields, e.g. train.epochs \(got 7\)"):
+        load_sweep({**BASE, "smoke": {7: 1}}, smoke=True)
+
+
+def test_loose_yaml_values_are_refused_all_at_once(tmp_path):
+    path = tmp_path / "loose.yaml"
+    path.write_text("name: t\nworkdir: w\nmodel: lenet_300_100\ndataset: digits\n"
+                    "train: {epochs: '1', lr: yes, batch_size: true, momentum: .inf, warmup_epochs: 1e23}\n"
+                    "prune: {levels: 1e23}\nresources: {cpu: '2'}\nmax_concurrent: 2.0\n"
+                    "analysis: {probe_size: 1e3, measures: [linear_cka]}\n")
+    with pytest.raises(SpecError) as info:
+        load_sweep(path)
+    assert sorted(info.value.errors) == [
+        "analysis.probe_size: Input should be a valid integer (got 1000.0)",
+        "max_concurrent: Input should be a valid integer (got 2.0)",
+        "prune.levels: Input should be a valid integer (got 1e+23)",
+        "resources.cpu: Input should be a valid number (got '2')",
+        "train.batch_size: Input should be a valid integer (got True)",
+        "train.epochs: Input should be a valid integer (got '1')",
+        "train.lr: Input should be a valid number (got True)",
+        "train.momentum: Input should be a finite number (got inf)",
+    ]
+
+
+def test_overrides_are_as_strict_as_the_file_and_ints_may_stand_for_floats():
+    with pytest.raises(SpecError, match=r"train.epochs: Input should be a valid integer \(got '2'\)"):
+        load_sweep({**BASE}, overrides=["train.epochs='2'"])
+    with pytest.raises(SpecError, match=r"seed: integers must lie within \+-2147483647 \(got 4294967296\)"):
+        load_sweep({**BASE}, overrides=["seed=4294967296"])
+    sweep = load_sweep({**BASE, "search": {"space": {"train.lr": {"type": "loguniform", "low": 1e-3, "high": 1}}}},
+                       overrides=["train.lr=1", "resources.cpu=2"])
+    assert sweep.base["train"]["lr"] == 1 and sweep.resources.cpu == 2.0
+    assert sweep.search.space["train.lr"].high == 1.0
