@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
+from sqlalchemy.exc import DatabaseError
+
 from orchestrator.query import DEFAULT_LIMIT
 from orchestrator.specs import SpecError, SweepSpec, load_sweep
 from orchestrator.workdir import check_workdir
@@ -116,13 +118,31 @@ def leave_job_working_dir(sweep: SweepSpec) -> None:
 
 
 def _dispatch(args) -> int:
-    from orchestrator import commands
-
     sweep = _load(args)
     if args.verb in ("run", "analyze", "report", "ui", "demo"):  # the verbs that write to the workdir
         check_workdir(sweep.workdir)
     if args.verb in ("run", "analyze", "demo"):
         leave_job_working_dir(sweep)
+    try:
+        return _verb(args, sweep)
+    except DatabaseError as err:  # SQLAlchemy's, from the MLflow store
+        raise SpecError([_unreadable_store(sweep, err)], "tracking_uri") from None
+
+
+def _unreadable_store(sweep: SweepSpec, err: DatabaseError) -> str:
+    uri = sweep.resolved_tracking_uri
+    reason = str(getattr(err, "orig", None) or err).splitlines()[0]
+    if sweep.tracking_uri:
+        return f"tracking_uri: the MLflow store {uri} cannot be read ({reason}); check or restore it"
+    return (f"tracking_uri: the sweep's MLflow store {sweep.layout.mlflow_db} cannot be read ({reason}). "
+            f"Restore it from a backup, or move it aside (e.g. to mlflow.db.corrupt): the checkpoints under "
+            f"{sweep.layout.lineages_dir} are kept, and the next `impsweep run` records their levels again "
+            "without training them")
+
+
+def _verb(args, sweep: SweepSpec) -> int:
+    from orchestrator import commands
+
     if args.verb == "run":
         return commands.run(sweep)
     if args.verb == "status":

@@ -75,12 +75,15 @@ def report(sweep: SweepSpec) -> int:
 
 def query(sweep: SweepSpec, sql: str, *, fmt: str = "table", output: Path | None = None,
           limit: int = DEFAULT_LIMIT, max_memory_gb: float | None = None) -> int:
+    from analysis.repair import set_aside_garbled_tables
     from analysis.tables import scan_tables
 
     errors = _query_option_errors(fmt=fmt, output=output, limit=limit, max_memory_gb=max_memory_gb)
     if errors:
         raise SpecError(errors, "query")
     max_bytes = int(max_memory_gb * 2**30) if max_memory_gb else default_max_memory_bytes()
+    for line in set_aside_garbled_tables(sweep.workdir):  # a garbled file would stop every scan of its table
+        print(f"impsweep: {line}", file=sys.stderr, flush=True)
     outcome = run_query(scan_tables(sweep.workdir), sql, limit=limit, max_memory_bytes=max_bytes)
     result = outcome.frame
     try:

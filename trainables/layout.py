@@ -57,8 +57,12 @@ class Layout:
         return self.root / stored
 
     # -- lineages and their checkpoints -------------------------------------------------------
+    @property
+    def lineages_dir(self) -> Path:
+        return self.root / "lineages"
+
     def lineage_dir(self, lineage_id: str) -> Path:
-        return self.root / "lineages" / lineage_id
+        return self.lineages_dir / lineage_id
 
     def lineage_lock(self, lineage_id: str) -> Path:
         """Held by whoever trains the lineage: one writer at a time."""
