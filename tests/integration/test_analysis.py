@@ -17,7 +17,8 @@ import yaml
 from analysis import AnalysisSpec, run_analysis, scan_tables
 from analysis.similarity import similarity
 from orchestrator import load_sweep, run_sweep
-from tests.integration.conftest import tiny_sweep
+from orchestrator.experiments import ensure_ray
+from tests.integration.conftest import is_loopback, listening_sockets, tiny_sweep
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +29,7 @@ FAST = {"neurons": False, "receptive_fields": False, "sharpness": False}
 def ray_module():
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ensure_ray(num_cpus=2)  # a local instance on loopback, as the CLI starts it
     yield
     ray.shutdown()
 
@@ -128,8 +129,11 @@ def test_interrupted_analysis_resumes_to_the_same_tables(workdir, tmp_path):
         if folder.exists() and len(list(folder.rglob("*.parquet"))) >= 5:
             break
         time.sleep(0.05)
+    sockets = listening_sockets(proc.pid)  # the driver, and the Ray instance it started
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert any(name.startswith("raylet") for name, _, _ in sockets), sockets
+    assert [s for s in sockets if not is_loopback(s[1])] == []
     partial = len(list(folder.rglob("*.parquet"))) if folder.exists() else 0
     assert partial < 2 * 21 * 3, "the analysis finished before it could be interrupted"
     # what a write killed mid-way leaves (the kill above may or may not have caught one)
