@@ -1,4 +1,5 @@
-"""Failures a long sweep meets: its driver killed mid-sweep (grid or search), a worker node lost."""
+"""Failures a long sweep meets: its driver killed mid-sweep (grid or search), a worker node lost,
+Ctrl-C."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -14,7 +16,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from orchestrator import load_sweep, plan_sweep, run_sweep
-from tests.integration.conftest import final_metrics, mlflow_runs, reference_metrics, tiny_sweep
+from tests.integration.conftest import (
+    final_metrics, is_loopback, listening_sockets, mlflow_runs, reference_metrics, tiny_sweep,
+)
 from trainables.checkpoints import LineageCheckpoints
 from trainables.layout import Layout
 from trainables.tracking import KIND_LEVEL, KIND_LINEAGE, search_all, tag_filter
@@ -209,3 +213,74 @@ def test_search_driver_killed_then_resumed_ends_with_num_samples_lineages(tmp_pa
     # Nothing finished before the kill was computed or logged again.
     assert {key: Layout(workdir).level_dir(*key).joinpath("state.pt").stat().st_mtime_ns for key in checkpoints} == checkpoints
     assert {cid: run for cid, run in _finished_level_runs(client).items() if cid in finished_runs} == finished_runs
+
+
+def _wait_remembering(proc: subprocess.Popen, family: dict[int, psutil.Process]) -> None:
+    while proc.poll() is None:
+        _remember_family(proc, family)
+        time.sleep(0.2)
+
+
+def test_ctrl_c_stops_the_run_before_the_next_chunk_and_exits_130(tmp_path):
+    """Ctrl-C while the first of two chunks trains: Tune ends that experiment gracefully, no
+    later chunk starts, `impsweep run` exits 130 and says how to resume, and a new run then
+    finishes the sweep. Meanwhile the run's Ray instance listens on loopback only."""
+    workdir = tmp_path / "w"
+    raw = tiny_sweep(workdir, name="ctrlc", chunk_size=1, max_concurrent=1,
+                     train={"lr": 0.05, "batch_size": 128, "epochs": 20}, prune={"rate": 0.2, "levels": 1, "exclude": ["bias"]})
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    first, later = (p.lineage_id for p in plan_sweep(load_sweep(path)))  # chunk 1, chunk 2
+    command = [str(Path(sys.executable).with_name("impsweep")), "run", str(path)]
+    family: dict[int, psutil.Process] = {}
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    watchdog = threading.Timer(300, os.killpg, args=(driver.pid, signal.SIGKILL))
+    watchdog.start()
+    try:
+        lines = []
+        for line in driver.stdout:  # until the first lineage's first level is reported
+            lines.append(line)
+            if f"{first} L00: " in line:
+                break
+        _remember_family(driver, family)
+        os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+        # Ray's processes outlive the SIGINT by seconds (Tune's graceful stop, the driver's exit)
+        sockets = listening_sockets(driver.pid)
+        out = "".join(lines) + driver.communicate(timeout=240)[0]
+    finally:
+        watchdog.cancel()
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+        psutil.wait_procs([p for p in family.values() if p.is_running()], timeout=15)
+        left = _end_family(family)
+    assert driver.returncode == 130, out
+    assert f"run `impsweep run {path}` again to resume" in out, out
+    assert not left, f"processes left by an interrupted driver: {left}"
+    assert any(name.startswith("raylet") for name, _, _ in sockets), sockets
+    assert [s for s in sockets if not is_loopback(s[1])] == []
+
+    # nothing of the later chunk started; the interrupted lineage's parent run is closed
+    assert not (workdir / "ray" / "ctrlc" / later).exists() and not (workdir / "lineages" / later).exists(), out
+    client = MlflowClient(load_sweep(path).resolved_tracking_uri)
+    status = {r.data.tags["impsweep.lineage_id"]: r.info.status for r in search_all(client, tag_filter(kind=KIND_LINEAGE))}
+    assert status[later] == "SCHEDULED", out
+    assert status[first] in ("KILLED", "FINISHED"), out  # FINISHED: its last level landed in Tune's grace period
+
+    # One experiment for both lineages: a chunk each would start a trial worker each.
+    family = {}
+    again = subprocess.Popen(command + ["--set", "chunk_size=2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_remembering(again, family)
+    finally:
+        if again.poll() is None:
+            again.kill()
+        again.wait(timeout=30)
+        psutil.wait_procs([p for p in family.values() if p.is_running()], timeout=15)
+        _end_family(family)
+    assert again.returncode == 0
+    assert [p.state for p in plan_sweep(load_sweep(path))] == ["done", "done"]
+    runs = search_all(client, tag_filter(kind=KIND_LEVEL))
+    assert sorted(r.data.tags["impsweep.checkpoint_id"] for r in runs) == [
+        f"{lid}/L{level:02d}" for lid in sorted((first, later)) for level in range(2)]
