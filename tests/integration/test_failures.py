@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -215,16 +216,20 @@ def test_search_driver_killed_then_resumed_ends_with_num_samples_lineages(tmp_pa
     assert {cid: run for cid, run in _finished_level_runs(client).items() if cid in finished_runs} == finished_runs
 
 
-def _wait_remembering(proc: subprocess.Popen, family: dict[int, psutil.Process]) -> None:
-    while proc.poll() is None:
-        _remember_family(proc, family)
-        time.sleep(0.2)
+def _remember_families(procs: list[subprocess.Popen], family: dict[int, psutil.Process], *,
+                       until: Callable[[], bool]) -> None:
+    """Remember what `procs` start until `until()` holds or none of them runs any more."""
+    while not until() and any(proc.poll() is None for proc in procs):
+        for proc in procs:
+            _remember_family(proc, family)
+        time.sleep(0.1)
 
 
-def test_ctrl_c_stops_the_run_before_the_next_chunk_and_exits_130(tmp_path):
+def test_ctrl_c_stops_the_run_and_two_runs_then_finish_it_once(tmp_path):
     """Ctrl-C while the first of two chunks trains: Tune ends that experiment gracefully, no
-    later chunk starts, `impsweep run` exits 130 and says how to resume, and a new run then
-    finishes the sweep. Meanwhile the run's Ray instance listens on loopback only."""
+    later chunk starts, `impsweep run` exits 130 and says how to resume. Two runs started at once
+    then finish the sweep, with one MLflow run per lineage and per level. Meanwhile the
+    interrupted run's Ray instance listens on loopback only."""
     workdir = tmp_path / "w"
     raw = tiny_sweep(workdir, name="ctrlc", chunk_size=1, max_concurrent=1,
                      train={"lr": 0.05, "batch_size": 128, "epochs": 20}, prune={"rate": 0.2, "levels": 1, "exclude": ["bias"]})
@@ -268,19 +273,44 @@ def test_ctrl_c_stops_the_run_before_the_next_chunk_and_exits_130(tmp_path):
     assert status[later] == "SCHEDULED", out
     assert status[first] in ("KILLED", "FINISHED"), out  # FINISHED: its last level landed in Tune's grace period
 
-    # One experiment for both lineages: a chunk each would start a trial worker each.
-    family = {}
-    again = subprocess.Popen(command + ["--set", "chunk_size=2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Two runs resume it at once, one Tune experiment each (a chunk per lineage would start a
+    # trial worker per lineage). The later lineage's lock is held here until both runs' trials
+    # of it wait for it, so that both start before either has logged a level.
+    drivers, family, logs = [], {}, [tmp_path / f"resume{k}.log" for k in range(2)]
     try:
-        _wait_remembering(again, family)
+        with LineageCheckpoints(workdir, later).lock():
+            for log in logs:
+                with log.open("w") as out:
+                    drivers.append(subprocess.Popen(command + ["--set", "chunk_size=2"], stdout=out,
+                                                    stderr=subprocess.STDOUT))
+            deadline = time.monotonic() + 240
+            _remember_families(drivers, family, until=lambda: _flock_waiters(Layout(workdir).lineage_lock(later)) == 2
+                               or time.monotonic() > deadline)
+            waiting = _flock_waiters(Layout(workdir).lineage_lock(later))
+        _remember_families(drivers, family, until=lambda: False)
     finally:
-        if again.poll() is None:
-            again.kill()
-        again.wait(timeout=30)
+        for driver in drivers:
+            if driver.poll() is None:
+                driver.kill()
+            driver.wait(timeout=30)
         psutil.wait_procs([p for p in family.values() if p.is_running()], timeout=15)
         _end_family(family)
-    assert again.returncode == 0
+    out = "\n".join(log.read_text() for log in logs)
+    assert waiting == 2, out
+    assert [d.returncode for d in drivers] == [0, 0], out
     assert [p.state for p in plan_sweep(load_sweep(path))] == ["done", "done"]
-    runs = search_all(client, tag_filter(kind=KIND_LEVEL))
-    assert sorted(r.data.tags["impsweep.checkpoint_id"] for r in runs) == [
-        f"{lid}/L{level:02d}" for lid in sorted((first, later)) for level in range(2)]
+    # one parent run per lineage, one FINISHED level run per checkpoint: none duplicated
+    parents = search_all(client, tag_filter(kind=KIND_LINEAGE))
+    assert sorted(r.data.tags["impsweep.lineage_id"] for r in parents) == sorted((first, later))
+    levels = search_all(client, tag_filter(kind=KIND_LEVEL))
+    assert sorted((r.data.tags["impsweep.checkpoint_id"], r.info.status) for r in levels) == [
+        (f"{lid}/L{level:02d}", "FINISHED") for lid in sorted((first, later)) for level in range(2)], out
+
+
+def _flock_waiters(path: Path) -> int:
+    """How many processes wait for the flock on `path` (Linux /proc/locks marks them '->')."""
+    if not path.exists():
+        return 0
+    stat = path.stat()
+    key = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    return sum(1 for line in Path("/proc/locks").read_text().splitlines() if " -> " in line and key in line.split())
