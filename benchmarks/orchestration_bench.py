@@ -213,8 +213,10 @@ def _count_variant(args) -> None:
     """One count run (chunk size `args.variant`) in this process; its result goes to args.out."""
     import ray
 
+    from orchestrator.experiments import ensure_ray
+
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ensure_ray(num_cpus=2)
     with tempfile.TemporaryDirectory() as tmp:
         result = run_case(Path(tmp), 0.1, args.count, args.count_concurrent, args.variant,
                           2 / args.count_concurrent, trace=True)
@@ -251,8 +253,10 @@ def main() -> None:
     if args.work:
         import ray
 
+        from orchestrator.experiments import ensure_ray
+
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ensure_ray(num_cpus=2)
         with tempfile.TemporaryDirectory() as tmp:
             for work in args.work:
                 cases.append(run_case(Path(tmp), work, args.lineages, args.concurrent, args.chunk_size, 1.0))

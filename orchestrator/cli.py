@@ -1,12 +1,14 @@
 """The `impsweep` command line: run, status, analyze, report, query, ui, demo.
 
-Exit codes: 0 ok, 2 bad input (nothing started, nothing written), 1 failure.
+Exit codes: 0 ok, 2 bad input (nothing started, nothing written), 1 failure, 130 interrupted
+(Ctrl-C; run, analyze and demo resume where they stopped when run again).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from importlib import resources
@@ -14,11 +16,13 @@ from pathlib import Path
 
 from sqlalchemy.exc import DatabaseError
 
+from orchestrator.interrupts import EXIT_INTERRUPTED
 from orchestrator.query import DEFAULT_LIMIT
 from orchestrator.specs import SpecError, SweepSpec, load_sweep
 from orchestrator.workdir import check_workdir
 
 DEMO_SWEEP = "demo.yaml"
+RESUMABLE = ("run", "analyze", "demo")  # verbs that finish what an interrupted one left
 
 DEMO_QUERY = """
 SELECT s.a_layer AS layer, s.b_level AS level, ROUND(AVG(l.sparsity), 3) AS sparsity,
@@ -64,15 +68,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
     except SpecError as err:
         print(f"impsweep: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("impsweep: interrupted", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside a Tune experiment
+        code = EXIT_INTERRUPTED
+    if code == EXIT_INTERRUPTED:
+        again = f"; run `{shlex.join(['impsweep', *argv])}` again to resume" if args.verb in RESUMABLE else ""
+        print(f"impsweep: interrupted{again}", file=sys.stderr, flush=True)
+    return code
 
 
 def demo_sweep_text() -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 import polars as pl
 
 from orchestrator.experiments import ensure_ray
+from orchestrator.interrupts import EXIT_INTERRUPTED
 from orchestrator.launch import prepare_tracking, run_sweep
 from orchestrator.plan import plan_sweep
 from orchestrator.query import DEFAULT_LIMIT, default_max_memory_bytes, run_query
@@ -22,7 +23,7 @@ def _echo(line: str) -> None:
 
 def run(sweep: SweepSpec) -> int:
     outcome = run_sweep(sweep, echo=_echo)
-    return 1 if outcome.failed else 0
+    return EXIT_INTERRUPTED if outcome.interrupted else 1 if outcome.failed else 0
 
 
 def status(sweep: SweepSpec) -> int:

@@ -2,9 +2,10 @@
 trial's resources and tracking, the run config, and the lineages its failed trials leave."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from trainables.tracking import TrackingRef
 from trainables.trials import trial_lineages
 
 Echo = Callable[[str], None]
+LOOPBACK = "127.0.0.1"
 
 
 def code_rev() -> str:
@@ -32,18 +34,37 @@ def code_rev() -> str:
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
-    """Connect to the cluster named by RAY_ADDRESS (a `ray job submit` sets it), else start a
-    fresh local instance."""
+    """Connect to the cluster named by RAY_ADDRESS (a `ray job submit` sets it; the cluster chose
+    its addresses), else start a fresh local instance whose every server listens on 127.0.0.1
+    only: nothing of a sweep on one machine is reachable from the network."""
     import ray
 
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
-    kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if address:
         ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, **kwargs)
+        return
+    with _loopback_node():
+        ray.init(address="local", num_cpus=num_cpus, _node_ip_address=LOOPBACK, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+
+
+@contextlib.contextmanager
+def _loopback_node() -> Iterator[None]:
+    """Ray 2.60 binds a node's servers (GCS, raylet, workers, agents) to 127.0.0.1 alone only when
+    the node's address is 127.0.0.1, and otherwise to every interface; but `ray.init` replaces
+    127.0.0.1 by the machine's interface address unless Ray's one-machine mode is on
+    (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read once as ray is imported, so too late to set here).
+    The flag it sets is turned off while the node starts, and restored."""
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 def with_trial_resources(trainable: Callable[[dict], None], sweep: SweepSpec) -> Any:

@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.experiments import (
     Echo, code_rev, ensure_ray, failed_lineages, tracking_ref, tune_run_config, with_trial_resources,
 )
+from orchestrator.interrupts import SigintWatch
 from orchestrator.plan import LineagePlan, close_cut_off, close_done, plan_sweep
 from orchestrator.search_driver import run_search
 from orchestrator.specs import SweepSpec
@@ -28,6 +29,7 @@ class SweepOutcome:
     ran: int
     failed: tuple[str, ...]  # lineage ids whose trials errored after every retry
     wall_s: float
+    interrupted: bool  # Ctrl-C (SIGINT) ended the run early: lineages are left to run
 
 
 def prepare_tracking(sweep: SweepSpec) -> tuple[MlflowClient, str]:
@@ -40,12 +42,14 @@ def prepare_tracking(sweep: SweepSpec) -> tuple[MlflowClient, str]:
 
 
 def run_sweep(sweep: SweepSpec, *, echo: Echo = print) -> SweepOutcome:
-    """Run every lineage of `sweep` that is not done yet; recompute nothing that is."""
+    """Run every lineage of `sweep` that is not done yet; recompute nothing that is. A Ctrl-C
+    ends the running Tune experiment gracefully and starts no further one."""
     start = time.perf_counter()
     client, experiment_id = prepare_tracking(sweep)
     rev = code_rev()
+    watch = SigintWatch()
     if sweep.search is not None:
-        searched = run_search(sweep, client, experiment_id=experiment_id, rev=rev, echo=echo)
+        searched = run_search(sweep, client, experiment_id=experiment_id, rev=rev, echo=echo, watch=watch)
         failed, plans, done = searched.failed, searched.plans, searched.already_done
         n = len(plans)
         ran = n - done
@@ -57,23 +61,25 @@ def run_sweep(sweep: SweepSpec, *, echo: Echo = print) -> SweepOutcome:
         todo = [p for p in plans if not p.finished]
         n, done, ran = len(plans), len(plans) - len(todo), len(todo)
         echo(f"sweep {sweep.name}: {n} lineages, {done} already done, {len(todo)} to run")
-        failed = (run_grid(sweep, todo, parents=parents, experiment_id=experiment_id, rev=rev, echo=echo)
-                  if todo else ())
+        failed = (run_grid(sweep, todo, parents=parents, experiment_id=experiment_id, rev=rev, echo=echo,
+                           watch=watch) if todo else ())
         plans = plan_sweep(sweep, client) if todo else plans
     cut = close_cut_off(client, sweep, plans=plans, failed=failed) if ran else 0
     wall = time.perf_counter() - start
-    echo(f"sweep {sweep.name}: finished in {wall:.1f}s" + (f", {len(failed)} failed: {list(failed)}" if failed else "")
-         + (f", {cut} cut off before their end (run again to resume them)" if cut else ""))
-    return SweepOutcome(sweep.name, n, done, ran, failed, wall)
+    echo(f"sweep {sweep.name}: " + (f"interrupted after {wall:.1f}s" if watch.interrupted else f"finished in {wall:.1f}s")
+         + (f", {len(failed)} failed: {list(failed)}" if failed else "")
+         + (f", {cut} lineages unfinished (run again to resume them)" if cut else ""))
+    return SweepOutcome(sweep.name, n, done, ran, failed, wall, watch.interrupted)
 
 
 def run_grid(sweep: SweepSpec, todo: list[LineagePlan], *, parents: dict[str, str], experiment_id: str,
-             rev: str, echo: Echo, trainable: Callable[[dict], None] | None = None) -> tuple[str, ...]:
+             rev: str, echo: Echo, trainable: Callable[[dict], None] | None = None,
+             watch: SigintWatch | None = None) -> tuple[str, ...]:
     """One trial per unfinished lineage, `chunk_size` lineages per Tuner: Tune's driver keeps
     every trial of an experiment in memory, so a 10,000-lineage sweep runs as a series of
     bounded experiments. A new driver after a crash plans again from the workdir and MLflow, so
-    nothing depends on Tune's experiment state. `trainable` replaces the lineage trainable
-    (benchmarks measure the orchestration alone with it)."""
+    nothing depends on Tune's experiment state. An interrupted experiment (`watch`) is the last.
+    `trainable` replaces the lineage trainable (benchmarks measure the orchestration alone with it)."""
     from trainables.tune_entry import lineage_trainable
 
     ensure_ray()
@@ -84,13 +90,16 @@ def run_grid(sweep: SweepSpec, todo: list[LineagePlan], *, parents: dict[str, st
     note = fuse_note(sweep, trials)
     if note:
         echo(note)
+    watch = watch or SigintWatch()
     failed: list[str] = []
     chunks = range(0, len(trials), sweep.chunk_size)
     for number, start in enumerate(chunks, start=1):
         chunk = trials[start : start + sweep.chunk_size]
         if len(chunks) > 1:
             echo(f"sweep {sweep.name}: chunk {number}/{len(chunks)} ({len(chunk)} lineages)")
-        failed += _fit_grid(sweep, chunk, trainable or lineage_trainable, echo)
+        failed += _fit_grid(sweep, chunk, trainable or lineage_trainable, echo=echo, watch=watch)
+        if watch.interrupted:
+            break
     return tuple(failed)
 
 
@@ -131,7 +140,8 @@ def _resumable_fused(workdir: str, lineage: str) -> bool:
     return True
 
 
-def _fit_grid(sweep: SweepSpec, trials: list[LineageTrial | BundleTrial], trainable, echo: Echo) -> tuple[str, ...]:
+def _fit_grid(sweep: SweepSpec, trials: list[LineageTrial | BundleTrial], trainable, *, echo: Echo,
+              watch: SigintWatch) -> tuple[str, ...]:
     from ray import tune
 
     from trainables.tune_entry import trial_name
@@ -148,4 +158,4 @@ def _fit_grid(sweep: SweepSpec, trials: list[LineageTrial | BundleTrial], traina
         ),
         run_config=tune_run_config(sweep, echo=echo, expected=sum(len(t.lineage_ids) for t in trials)),
     )
-    return failed_lineages(tuner.fit())
+    return failed_lineages(watch.fit(tuner))

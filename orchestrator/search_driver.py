@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.experiments import (
     Echo, ensure_ray, failed_lineages, tracking_ref, tune_run_config, with_trial_resources,
 )
+from orchestrator.interrupts import SigintWatch
 from orchestrator.plan import LineagePlan, close_done, plan_sweep
 from orchestrator.specs import SweepSpec
 from trainables.tracking import TrackingRef
@@ -23,7 +24,8 @@ class SearchRun:
     already_done: int  # lineages finished before this run
 
 
-def run_search(sweep: SweepSpec, client: MlflowClient, *, experiment_id: str, rev: str, echo: Echo) -> SearchRun:
+def run_search(sweep: SweepSpec, client: MlflowClient, *, experiment_id: str, rev: str, echo: Echo,
+               watch: SigintWatch) -> SearchRun:
     """Optuna proposes `num_samples` lineages; the sweep ends with exactly that many, however
     often its driver dies. A new driver restores the Tune experiment (the study, the scheduler
     and every trial with it) when Tune's last snapshot of it knows every lineage proposed so
@@ -36,7 +38,8 @@ def run_search(sweep: SweepSpec, client: MlflowClient, *, experiment_id: str, re
     driver keeps every trial of an experiment in memory), each a study rebuilt from the plan;
     an ASHA scheduler compares the lineages of one experiment. A point proposed twice is one
     lineage, so chunks go on until `num_samples` distinct lineages are finished, or failed in
-    this run, or a chunk adds none (a search space with fewer points)."""
+    this run, or a chunk adds none (a search space with fewer points), or one is interrupted
+    (`watch`: Ctrl-C)."""
     from trainables.tune_entry import lineage_trainable
 
     plans = _proposed(sweep, client)
@@ -47,10 +50,10 @@ def run_search(sweep: SweepSpec, client: MlflowClient, *, experiment_id: str, re
         return SearchRun((), tuple(plans), already)
     ensure_ray()
     trainable = with_trial_resources(lineage_trainable, sweep)
-    resumed = _resume(sweep, trainable, plans, echo=echo)
+    resumed = _resume(sweep, trainable, plans, echo=echo, watch=watch)
     failed, plans = _run_chunks(sweep, client, plans=plans, failed=list(resumed or ()), replan=resumed is not None,
                                 trainable=trainable, ref=tracking_ref(sweep, experiment_id=experiment_id, rev=rev),
-                                echo=echo)
+                                echo=echo, watch=watch)
     return SearchRun(tuple(failed), tuple(plans), already)
 
 
@@ -68,7 +71,8 @@ def _opening(sweep: SweepSpec, plans: list[LineagePlan]) -> str:
             + f", {search.num_samples - len(finished)} to run")
 
 
-def _resume(sweep: SweepSpec, trainable: Any, plans: list[LineagePlan], *, echo: Echo) -> tuple[str, ...] | None:
+def _resume(sweep: SweepSpec, trainable: Any, plans: list[LineagePlan], *, echo: Echo,
+            watch: SigintWatch) -> tuple[str, ...] | None:
     """Runs on the Tune experiment of an earlier driver when its last snapshot knows every
     lineage proposed so far. Returns the lineages failed in it (None: nothing was resumed)."""
     from ray import tune
@@ -78,14 +82,15 @@ def _resume(sweep: SweepSpec, trainable: Any, plans: list[LineagePlan], *, echo:
         return None
     echo(f"sweep {sweep.name}: resuming the Tune experiment {path}")
     tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
-    return failed_lineages(tuner.fit())
+    return failed_lineages(watch.fit(tuner))
 
 
 def _run_chunks(sweep: SweepSpec, client: MlflowClient, *, plans: list[LineagePlan], failed: list[str],
-                replan: bool, trainable: Any, ref: TrackingRef, echo: Echo) -> tuple[list[str], list[LineagePlan]]:
+                replan: bool, trainable: Any, ref: TrackingRef, echo: Echo,
+                watch: SigintWatch) -> tuple[list[str], list[LineagePlan]]:
     """New experiments until `num_samples` distinct lineages are finished or failed in this run,
-    or one adds none. replan: read the plan first (an experiment ran since `plans` was read).
-    Returns the lineages failed in this run and the plan read last."""
+    or one adds none, or one was interrupted. replan: read the plan first (an experiment ran
+    since `plans` was read). Returns the lineages failed in this run and the plan read last."""
     wanted = sweep.search.num_samples
     progress, number = None, 0
     while True:
@@ -95,22 +100,23 @@ def _run_chunks(sweep: SweepSpec, client: MlflowClient, *, plans: list[LineagePl
         finished = [p for p in plans if p.finished]
         open_ = [p for p in plans if not p.finished and p.lineage_id not in failed]
         todo = wanted - len(finished) - (len(plans) - len(finished) - len(open_))
-        if todo <= 0 or (len(finished), len(failed)) == progress:
+        if todo <= 0 or (len(finished), len(failed)) == progress or watch.interrupted:
             break
         progress, number = (len(finished), len(failed)), number + 1
         size = min(todo, sweep.chunk_size)
         if number > 1 or size < todo:
             echo(f"sweep {sweep.name}: chunk {number} ({size} of {todo} lineages to run)")
         failed += _fit_search(sweep, trainable, plans=plans, finished=finished, open_=open_, size=size, ref=ref,
-                              echo=echo)
-    if todo > 0 and not failed:
+                              echo=echo, watch=watch)
+    if todo > 0 and not failed and not watch.interrupted:
         echo(f"sweep {sweep.name}: the last chunk added no lineage (the search space repeats its "
              f"points); {len(finished)} of {wanted} lineages")
     return failed, plans
 
 
 def _fit_search(sweep: SweepSpec, trainable: Any, *, plans: list[LineagePlan], finished: list[LineagePlan],
-                open_: list[LineagePlan], size: int, ref: TrackingRef, echo: Echo) -> tuple[str, ...]:
+                open_: list[LineagePlan], size: int, ref: TrackingRef, echo: Echo,
+                watch: SigintWatch) -> tuple[str, ...]:
     """One Tune experiment of `size` lineages: the unfinished ones first, then new samples."""
     from ray import tune
 
@@ -131,7 +137,7 @@ def _fit_search(sweep: SweepSpec, trainable: Any, *, plans: list[LineagePlan], f
         ),
         run_config=tune_run_config(sweep, echo=echo, expected=size),
     )
-    return failed_lineages(tuner.fit())
+    return failed_lineages(watch.fit(tuner))
 
 
 def _snapshot_lineages(path: str) -> set[str]:

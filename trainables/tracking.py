@@ -169,8 +169,9 @@ def log_level(client: MlflowClient, result, *, ref: TrackingRef, tags: Mapping[s
     """Record one level (a `trainables.lineage.LevelResult`) as a FINISHED child run with its
     metrics and the checkpoint as artifact `checkpoint/`. A level already FINISHED is left alone.
 
-    known: the lineage's level runs as `find_level_runs` returned them when the trial started;
-        saves one search per level (SQLite searches cost seconds on a busy store).
+    known: the lineage's level runs as `find_level_runs` returned them at its first level, read
+        under the lineage's lock (read earlier, it misses the runs of another trainer that held
+        the lock meanwhile); saves one search per level (SQLite searches cost seconds on a busy store).
     """
     if known is None:
         known = find_level_runs(client, result.lineage_id, experiment_ids=[ref.experiment_id])

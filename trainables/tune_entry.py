@@ -87,7 +87,7 @@ class _Recorder:
         self.ref = ref
         self.tags = {k: v for k, v in lineage_tags(spec, self.ref.code_rev).items() if k != f"{TAG}kind"}
         self.lineage_id = lineage_id(spec)
-        self.known = find_level_runs(self.client, self.lineage_id, experiment_ids=[self.ref.experiment_id])
+        self.known: dict[int, Any] | None = None  # the lineage's level runs, read at its first level
         self.n_levels = spec.prune.n_levels + 1
         self.report_every_s = spec.report_every_s
         self.last_level: LevelResult | None = None
@@ -95,6 +95,11 @@ class _Recorder:
         set_lineage_status(self.client, self.ref.parent_run_id, status="RUNNING")
 
     def level(self, result: LevelResult) -> None:
+        """Called under the lineage's lock (`run_lineage`, `run_bundle`). The level runs are read
+        at the first level, not when the trial starts: another run's trial may hold the lock
+        meanwhile and log the levels this one will then read back."""
+        if self.known is None:
+            self.known = find_level_runs(self.client, self.lineage_id, experiment_ids=[self.ref.experiment_id])
         log_level(self.client, result, ref=self.ref, tags=self.tags, known=self.known)
         self.last_level = result
         self._report({"kind": "level", "level": result.level, "resumed": result.resumed, **result.metrics}, result)

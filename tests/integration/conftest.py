@@ -1,8 +1,12 @@
-"""Fixtures of the integration tests: tiny sweeps, MLflow run counts, Ray shut down after each."""
+"""Fixtures of the integration tests: tiny sweeps, MLflow run counts, Ray shut down after each,
+the sockets a process tree listens on."""
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -56,3 +60,24 @@ def ray_shutdown():
 
     yield
     ray.shutdown()
+
+
+def listening_sockets(pid: int) -> list[tuple[str, str, int]]:
+    """(process, address, port) of every TCP socket listening, and UDP socket bound, in process
+    `pid` and its descendants (a driver: the Ray instance it started, its workers and agents)."""
+    root = psutil.Process(pid)
+    out = []
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            name, conns = f"{proc.name()}[{proc.pid}]", proc.net_connections(kind="inet")
+        except psutil.NoSuchProcess:  # a worker that ended meanwhile
+            continue
+        out += [(name, c.laddr.ip, c.laddr.port) for c in conns
+                if c.status == psutil.CONN_LISTEN or (c.type == socket.SOCK_DGRAM and not c.raddr)]
+    return out
+
+
+def is_loopback(address: str) -> bool:
+    """127.0.0.0/8 or ::1, also as an IPv4-mapped IPv6 address (::ffff:127.0.0.1)."""
+    ip = ipaddress.ip_address(address.split("%")[0])
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback

@@ -11,13 +11,15 @@ import time
 
 import numpy as np
 import polars as pl
+import psutil
 import pytest
 import yaml
 
 from analysis import AnalysisSpec, run_analysis, scan_tables
 from analysis.similarity import similarity
 from orchestrator import load_sweep, run_sweep
-from tests.integration.conftest import tiny_sweep
+from orchestrator.experiments import ensure_ray
+from tests.integration.conftest import is_loopback, listening_sockets, tiny_sweep
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +30,7 @@ FAST = {"neurons": False, "receptive_fields": False, "sharpness": False}
 def ray_module():
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ensure_ray(num_cpus=2)  # a local instance on loopback, as the CLI starts it
     yield
     ray.shutdown()
 
@@ -114,25 +116,46 @@ def test_bad_checkpoint_is_reported_and_skipped(workdir):
 
 
 def test_interrupted_analysis_resumes_to_the_same_tables(workdir, tmp_path):
+    """Ctrl-C mid-analysis: `impsweep analyze` exits 130 and says how to resume; the next run
+    completes the tables exactly. Meanwhile its Ray instance listens on loopback only."""
     reference = tmp_path / "ref"
     shutil.copytree(workdir, reference)
     raw = tiny_sweep(workdir, name="base", analysis={**FAST, "measures": ["linear_cka", "pwcca"], "scope": "all",
                                                       "tile_size": 1})
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(raw))
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "analyze", str(path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tmp_path / "analyze.log"
+    with log.open("w") as out:  # a file, not a pipe: a full pipe would block the driver
+        proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "analyze", str(path)],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 240
     folder = workdir / "tables" / "similarity"
-    while time.monotonic() < deadline and proc.poll() is None:
-        if folder.exists() and len(list(folder.rglob("*.parquet"))) >= 5:
-            break
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    family = []
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if folder.exists() and len(list(folder.rglob("*.parquet"))) >= 5:
+                break
+            time.sleep(0.05)
+        family = psutil.Process(proc.pid).children(recursive=True)
+        sockets = listening_sockets(proc.pid)  # the driver, and the Ray instance it started
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+        # the reference meanwhile: the interrupted driver takes seconds to end its Ray instance
+        _analyze(reference, measures=("linear_cka", "pwcca"), scope="all", tile_size=1)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        psutil.wait_procs([p for p in family if p.is_running()], timeout=15)
+        for leftover in [p for p in family if p.is_running()]:
+            leftover.kill()
+    assert proc.returncode == 130, log.read_text()
+    assert f"run `impsweep analyze {path}` again to resume" in log.read_text()
+    assert any(name.startswith("raylet") for name, _, _ in sockets), sockets
+    assert [s for s in sockets if not is_loopback(s[1])] == []
     partial = len(list(folder.rglob("*.parquet"))) if folder.exists() else 0
     assert partial < 2 * 21 * 3, "the analysis finished before it could be interrupted"
-    # what a write killed mid-way leaves (the kill above may or may not have caught one)
+    # what a driver killed mid-write leaves (the interrupt above may or may not have left one)
     planted = folder / "measure=pwcca" / ".part-a1-t1.parquet.k1ll3d.tmp"
     planted.parent.mkdir(parents=True, exist_ok=True)
     planted.write_bytes(b"PAR1 half a file")
@@ -140,7 +163,6 @@ def test_interrupted_analysis_resumes_to_the_same_tables(workdir, tmp_path):
     leftovers = [p for root in ("tables", "analysis") for p in (workdir / root).rglob(".*.tmp")]
     assert leftovers == []
     assert outcome.failed_checkpoints == ()
-    _analyze(reference, measures=("linear_cka", "pwcca"), scope="all", tile_size=1)
     key = ["measure", "a_checkpoint_id", "a_layer", "b_checkpoint_id", "b_layer"]
     got, want = _sim(workdir).sort(key), _sim(reference).sort(key)
     assert got.height == want.height == 2 * 21 * 3

@@ -1,4 +1,5 @@
-"""Failures a long sweep meets: its driver killed mid-sweep (grid or search), a worker node lost."""
+"""Failures a long sweep meets: its driver killed mid-sweep (grid or search), a worker node lost,
+Ctrl-C."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import psutil
 import pytest
@@ -14,7 +17,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from orchestrator import load_sweep, plan_sweep, run_sweep
-from tests.integration.conftest import final_metrics, mlflow_runs, reference_metrics, tiny_sweep
+from tests.integration.conftest import (
+    final_metrics, is_loopback, listening_sockets, mlflow_runs, reference_metrics, tiny_sweep,
+)
 from trainables.checkpoints import LineageCheckpoints
 from trainables.layout import Layout
 from trainables.tracking import KIND_LEVEL, KIND_LINEAGE, search_all, tag_filter
@@ -209,3 +214,117 @@ def test_search_driver_killed_then_resumed_ends_with_num_samples_lineages(tmp_pa
     # Nothing finished before the kill was computed or logged again.
     assert {key: Layout(workdir).level_dir(*key).joinpath("state.pt").stat().st_mtime_ns for key in checkpoints} == checkpoints
     assert {cid: run for cid, run in _finished_level_runs(client).items() if cid in finished_runs} == finished_runs
+
+
+def _remember_families(procs: list[subprocess.Popen], family: dict[int, psutil.Process], *,
+                       until: Callable[[], bool]) -> None:
+    """Remember what `procs` start until `until()` holds or none of them runs any more."""
+    while not until() and any(proc.poll() is None for proc in procs):
+        for proc in procs:
+            _remember_family(proc, family)
+        time.sleep(0.1)
+
+
+def _interrupt_at(command: list[str], marker: str) -> tuple[int, str, list, list[int]]:
+    """Run `command` in a session of its own, press Ctrl-C there once a line of its output holds
+    `marker`, and wait for it. Returns its exit code, its output, the sockets its process tree
+    listened on, and the processes it left behind (ended here)."""
+    family: dict[int, psutil.Process] = {}
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    watchdog = threading.Timer(300, os.killpg, args=(driver.pid, signal.SIGKILL))
+    watchdog.start()
+    try:
+        lines = []
+        for line in driver.stdout:
+            lines.append(line)
+            if marker in line:
+                break
+        _remember_family(driver, family)
+        os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+        # Ray's processes outlive the SIGINT by seconds (Tune's graceful stop, the driver's exit)
+        sockets = listening_sockets(driver.pid)
+        out = "".join(lines) + driver.communicate(timeout=240)[0]
+    finally:
+        watchdog.cancel()
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+        psutil.wait_procs([p for p in family.values() if p.is_running()], timeout=15)
+        left = _end_family(family)
+    return driver.returncode, out, sockets, left
+
+
+def _run_twice_at_once(command: list[str], *, workdir: Path, lineage: str,
+                       logs: list[Path]) -> tuple[list[int], int]:
+    """Start `command` twice at once while `lineage`'s lock is held here, until both runs'
+    trials of the lineage wait for it (or 240 s pass), so that both start before either has
+    logged one of its levels. Returns the exit codes and how many trials waited."""
+    drivers, family = [], {}
+    lock = Layout(workdir).lineage_lock(lineage)
+    try:
+        with LineageCheckpoints(workdir, lineage).lock():
+            for log in logs:
+                with log.open("w") as out:  # a file, not a pipe: a full pipe would block the driver
+                    drivers.append(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT))
+            deadline = time.monotonic() + 240
+            _remember_families(drivers, family, until=lambda: _flock_waiters(lock) == 2 or time.monotonic() > deadline)
+            waiting = _flock_waiters(lock)
+        _remember_families(drivers, family, until=lambda: False)
+    finally:
+        for driver in drivers:
+            if driver.poll() is None:
+                driver.kill()
+            driver.wait(timeout=30)
+        psutil.wait_procs([p for p in family.values() if p.is_running()], timeout=15)
+        _end_family(family)
+    return [d.returncode for d in drivers], waiting
+
+
+def test_ctrl_c_stops_the_run_and_two_runs_then_finish_it_once(tmp_path):
+    """Ctrl-C while the first of two chunks trains: Tune ends that experiment gracefully, no
+    later chunk starts, `impsweep run` exits 130 and says how to resume. Two runs started at once
+    then finish the sweep, with one MLflow run per lineage and per level. Meanwhile the
+    interrupted run's Ray instance listens on loopback only."""
+    workdir = tmp_path / "w"
+    raw = tiny_sweep(workdir, name="ctrlc", chunk_size=1, max_concurrent=1,
+                     train={"lr": 0.05, "batch_size": 128, "epochs": 20}, prune={"rate": 0.2, "levels": 1, "exclude": ["bias"]})
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    first, later = (p.lineage_id for p in plan_sweep(load_sweep(path)))  # chunk 1, chunk 2
+    command = [str(Path(sys.executable).with_name("impsweep")), "run", str(path)]
+    code, out, sockets, left = _interrupt_at(command, f"{first} L00: ")
+    assert code == 130, out
+    assert f"run `impsweep run {path}` again to resume" in out, out
+    assert not left, f"processes left by an interrupted driver: {left}"
+    assert any(name.startswith("raylet") for name, _, _ in sockets), sockets
+    assert [s for s in sockets if not is_loopback(s[1])] == []
+    # nothing of the later chunk started; the interrupted lineage's parent run is closed
+    assert not (workdir / "ray" / "ctrlc" / later).exists() and not (workdir / "lineages" / later).exists(), out
+    client = MlflowClient(load_sweep(path).resolved_tracking_uri)
+    status = {r.data.tags["impsweep.lineage_id"]: r.info.status for r in search_all(client, tag_filter(kind=KIND_LINEAGE))}
+    assert status[later] == "SCHEDULED", out
+    assert status[first] in ("KILLED", "FINISHED"), out  # FINISHED: its last level landed in Tune's grace period
+
+    # Both runs in one Tune experiment each: a chunk per lineage would start a trial worker each.
+    logs = [tmp_path / f"resume{k}.log" for k in range(2)]
+    codes, waiting = _run_twice_at_once(command + ["--set", "chunk_size=2"], workdir=workdir, lineage=later, logs=logs)
+    out = "\n".join(log.read_text() for log in logs)
+    assert waiting == 2, out
+    assert codes == [0, 0], out
+    assert [p.state for p in plan_sweep(load_sweep(path))] == ["done", "done"]
+    # one parent run per lineage, one FINISHED level run per checkpoint: none duplicated
+    parents = search_all(client, tag_filter(kind=KIND_LINEAGE))
+    assert sorted(r.data.tags["impsweep.lineage_id"] for r in parents) == sorted((first, later))
+    levels = search_all(client, tag_filter(kind=KIND_LEVEL))
+    assert sorted((r.data.tags["impsweep.checkpoint_id"], r.info.status) for r in levels) == [
+        (f"{lid}/L{level:02d}", "FINISHED") for lid in sorted((first, later)) for level in range(2)], out
+
+
+def _flock_waiters(path: Path) -> int:
+    """How many processes wait for the flock on `path` (Linux /proc/locks marks them '->')."""
+    if not path.exists():
+        return 0
+    stat = path.stat()
+    key = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    return sum(1 for line in Path("/proc/locks").read_text().splitlines() if " -> " in line and key in line.split())

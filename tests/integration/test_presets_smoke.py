@@ -8,6 +8,7 @@ import pytest
 
 from analysis import run_analysis, scan_tables
 from orchestrator import load_sweep, run_sweep
+from orchestrator.experiments import ensure_ray
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +19,7 @@ PRESET = Path(__file__).resolve().parents[2] / "sweeps" / "frankle2019-lenet.yam
 def ray_local():
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ensure_ray(num_cpus=2)  # a local instance on loopback, as the CLI starts it
     yield
     ray.shutdown()
 

@@ -14,7 +14,9 @@ import pytest
 
 from orchestrator import load_sweep, plan_sweep, run_sweep
 from orchestrator.mlflow_server import MlflowServer
-from tests.integration.conftest import final_metrics, mlflow_runs, reference_metrics, tiny_sweep
+from tests.integration.conftest import (
+    final_metrics, is_loopback, listening_sockets, mlflow_runs, reference_metrics, tiny_sweep,
+)
 from trainables.checkpoints import LineageCheckpoints
 
 pytestmark = pytest.mark.integration
@@ -249,6 +251,10 @@ def test_fused_bundle_keeps_per_lineage_records(tmp_path, ray_shutdown):
     outcome = run_sweep(sweep, echo=lines.append)
     assert outcome.failed == ()
     assert any("[2/2 done" in line for line in lines)
+    # the local Ray instance run_sweep started in this process listens on loopback only
+    sockets = listening_sockets(os.getpid())
+    assert any(name.startswith("raylet") for name, _, _ in sockets), sockets
+    assert [s for s in sockets if not is_loopback(s[1])] == []
     runs = mlflow_runs(sweep.resolved_tracking_uri)
     assert _kinds(runs) == ["level"] * 6 + ["lineage"] * 2
     plans = plan_sweep(sweep)

@@ -60,3 +60,48 @@ def test_bundles_never_mix_precisions(tmp_path):
     configs = grid_trials(plans, workdir=str(tmp_path / "w"), refs=_refs(plans))
     assert sorted(sorted(item.spec.precision for item in c.lineages) for c in configs) == [
         ["bf16", "bf16"], ["fp32", "fp32"]]
+
+
+def _interrupting_fit(calls: list):
+    """A stand-in for one Tune experiment that Ctrl-C interrupts."""
+
+    def fit(*args, watch, **kwargs):
+        calls.append(args)
+        watch.interrupted = True
+        return ()
+
+    return fit
+
+
+def test_an_interrupted_grid_chunk_is_the_last(tmp_path, monkeypatch):
+    from orchestrator import launch
+    from orchestrator.interrupts import SigintWatch
+
+    sweep = load_sweep({"name": "cut", "workdir": str(tmp_path / "w"), "grid": {"seed": [0, 1, 2]}, "chunk_size": 1,
+                        "model": "lenet_300_100", "dataset": "digits", "train": {"epochs": 1}, "prune": {"levels": 1}})
+    calls: list = []
+    monkeypatch.setattr(launch, "ensure_ray", lambda: None)
+    monkeypatch.setattr(launch, "_fit_grid", _interrupting_fit(calls))
+    plans = plan_sweep(sweep, None)
+    watch = SigintWatch()
+    launch.run_grid(sweep, plans, parents={p.lineage_id: "" for p in plans}, experiment_id="1", rev="x",
+                    echo=lambda _: None, watch=watch)
+    assert watch.interrupted and len(calls) == 1  # chunks 2 and 3 never start
+
+
+def test_an_interrupted_search_chunk_is_the_last(tmp_path, monkeypatch, tiny_spec):
+    from orchestrator import search_driver
+    from orchestrator.interrupts import SigintWatch
+    from orchestrator.plan import LineagePlan
+
+    sweep = load_sweep({"name": "cut", "workdir": str(tmp_path / "w"), "chunk_size": 1, "model": "lenet_300_100",
+                        "dataset": "digits", "train": {"epochs": 1}, "prune": {"levels": 1},
+                        "search": {"space": {"seed": {"type": "choice", "values": [0, 1, 2, 3]}}, "num_samples": 3}})
+    done = [LineagePlan(lineage_id(tiny_spec()), tiny_spec(), "done", 3, 3)]
+    calls: list = []
+    monkeypatch.setattr(search_driver, "_fit_search", _interrupting_fit(calls))
+    monkeypatch.setattr(search_driver, "_proposed", lambda sweep, client: done)  # the chunk made progress
+    watch = SigintWatch()
+    failed, plans = search_driver._run_chunks(sweep, None, plans=[], failed=[], replan=False, trainable=None,
+                                              ref=None, echo=lambda _: None, watch=watch)
+    assert watch.interrupted and len(calls) == 1 and plans == done  # no second chunk; the plan read after it
