@@ -63,17 +63,23 @@ def _sim(workdir, measure=None) -> pl.DataFrame:
     return frame if measure is None else frame.filter(pl.col("measure") == measure)
 
 
-@pytest.mark.parametrize("scope,layers,expected", [
-    ("dense", "same", 18), ("lineage", "same", 36), ("seeds", "same", 27), ("dense", "all", 48),
-])
-def test_rows_equal_the_pair_set(workdir, scope, layers, expected):
-    outcome = _analyze(workdir, measures=("linear_cka",), scope=scope, layers=layers)
-    assert outcome.pairs_total == {"linear_cka": expected} == outcome.pairs_computed
-    assert _sim(workdir).height == expected
+def test_rows_equal_the_pair_set_of_every_scope(workdir):
+    """One analysis grown scope by scope (scope and layers choose pairs, not values: one analysis
+    id): each call's pair set has its exact size, and computes only the pairs not there yet."""
+    heights = []
+    for scope, layers, expected in [("dense", "same", 18), ("lineage", "same", 36), ("seeds", "same", 27),
+                                    ("dense", "all", 48)]:
+        before = _sim(workdir).height
+        outcome = _analyze(workdir, measures=("linear_cka",), scope=scope, layers=layers)
+        heights.append(_sim(workdir).height)
+        assert outcome.pairs_total == {"linear_cka": expected}
+        assert outcome.pairs_computed == {"linear_cka": heights[-1] - before}
+    # lineage adds its pairs across levels to dense's, seeds its cross-seed ones (self-pairs are
+    # shared), all layers the 30 cross-layer pairs of dense's 6 checkpoint pairs
+    assert heights == [18, 36, 45, 75]
 
 
-def test_values_agree_with_the_library(workdir):
-    _analyze(workdir, measures=("linear_cka", "pwcca", "nbs"), scope="lineage")
+def _assert_values_agree_with_the_library(workdir) -> None:
     acts = {}
     for manifest in (workdir / "analysis" / "activations" / "index").rglob("*.json"):
         for row in json.loads(manifest.read_text()):
@@ -185,14 +191,15 @@ def test_sketches_are_stored_once_and_reused_by_reruns_and_measures(workdir):
         rows.select(key + ["value", "status", "a_dim", "b_dim"]))
 
 
-def test_copied_and_moved_workdirs_read_their_own_activations_and_damage_is_named(workdir, tmp_path, capsys):
-    """Manifests name activation files relative to the workdir: a copy reads its own files, not
-    the original's, and a moved workdir keeps working. A damaged activation file nulls its pairs
-    with status `unreadable` (the rest completes, `analyze` exits 1 naming it), and the next
-    analysis extracts it again."""
+def test_values_agree_with_the_library_in_copied_and_moved_workdirs_and_damage_is_named(workdir, tmp_path, capsys):
+    """Values agree with `analysis.similarity`. Manifests name activation files relative to the
+    workdir: a copy reads its own files, not the original's, and a moved workdir keeps working. A
+    damaged activation file nulls its pairs with status `unreadable` (the rest completes,
+    `analyze` exits 1 naming it), and the next analysis extracts it again."""
     from orchestrator import commands
 
-    _analyze(workdir, measures=("linear_cka",), scope="lineage")
+    _analyze(workdir, measures=("linear_cka", "pwcca", "nbs"), scope="lineage")
+    _assert_values_agree_with_the_library(workdir)
     copy, moved = tmp_path / "copy", tmp_path / "moved"
     shutil.copytree(workdir, copy)
     for npy in (workdir / "analysis" / "activations").rglob("*.npy"):
