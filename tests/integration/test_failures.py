@@ -288,7 +288,8 @@ def test_ctrl_c_stops_the_run_and_two_runs_then_finish_it_once(tmp_path):
     interrupted run's Ray instance listens on loopback only."""
     workdir = tmp_path / "w"
     raw = tiny_sweep(workdir, name="ctrlc", chunk_size=1, max_concurrent=1,
-                     train={"lr": 0.05, "batch_size": 128, "epochs": 20}, prune={"rate": 0.2, "levels": 1, "exclude": ["bias"]})
+                     train={"lr": 0.05, "batch_size": 128, "epochs": 12},
+                     prune={"rate": 0.2, "levels": 1, "exclude": ["bias"]})
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(raw))
     first, later = (p.lineage_id for p in plan_sweep(load_sweep(path)))  # chunk 1, chunk 2
