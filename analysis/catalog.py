@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import polars as pl
 from mlflow.tracking import MlflowClient
@@ -13,7 +14,8 @@ from mlflow.tracking import MlflowClient
 from analysis.tables import upsert
 from trainables.checkpoints import LineageCheckpoints
 from trainables.ids import parse_lineage_id
-from trainables.layout import Layout
+from trainables import layout
+from trainables.storage import Store, as_store, is_object_store
 from trainables.tracking import KIND_LEVEL, LEVEL_METRICS, TAG, search_all, sweep_members, tag_filter
 
 CATALOG_COLUMNS = {
@@ -28,13 +30,13 @@ def sweep_lineage_runs(client: MlflowClient, sweep: str) -> list:
     return search_all(client, sweep_members(sweep))
 
 
-def build_catalog(sweep: str, *, tracking_uri: str, workdir: str | os.PathLike) -> pl.DataFrame:
+def build_catalog(sweep: str, *, tracking_uri: str, workdir: str | os.PathLike | Store) -> pl.DataFrame:
     """One row per FINISHED level of the sweep's lineages (CATALOG_COLUMNS), sorted by id.
 
     A level whose checkpoint directory is missing from the workdir is still listed (its path
     points where it should be), so that the analysis reports it rather than silently skipping it.
     """
-    client = MlflowClient(tracking_uri)
+    client, workdir = MlflowClient(tracking_uri), as_store(workdir)
     lineage_ids = sorted({r.data.tags[f"{TAG}lineage_id"] for r in sweep_lineage_runs(client, sweep)})
     specs = {lid: _stored_spec(workdir, lid) for lid in lineage_ids}
     level_rows, layer_rows, catalog_rows = [], [], []
@@ -42,15 +44,15 @@ def build_catalog(sweep: str, *, tracking_uri: str, workdir: str | os.PathLike) 
         tags = run.data.tags
         lid, cid, level = tags[f"{TAG}lineage_id"], tags[f"{TAG}checkpoint_id"], int(tags[f"{TAG}level"])
         stored = LineageCheckpoints(workdir, lid)
-        path = stored.level_dir(level).resolve()
+        path, uri = _level_location(stored.level_dir(level))
         level_rows.append({"checkpoint_id": cid, "lineage_id": lid, "level": level,
                            **{k: run.data.metrics.get(k) for k in LEVEL_METRICS},
-                           "checkpoint_uri": path.as_uri(), "mlflow_run_id": run.info.run_id})
+                           "checkpoint_uri": uri, "mlflow_run_id": run.info.run_id})
         layer_rows += _layer_rows(stored, level, cid)
         spec = specs[lid]["spec"]
         catalog_rows.append({"checkpoint_id": cid, "lineage_id": lid, "config_id": parse_lineage_id(lid)[0],
                              "level": level, "model": spec["model"], "dataset": spec["dataset"], "seed": spec["seed"],
-                             "checkpoint_path": str(path), "spec_json": json.dumps(spec, sort_keys=True),
+                             "checkpoint_path": path, "spec_json": json.dumps(spec, sort_keys=True),
                              "mlflow_run_id": run.info.run_id})
     upsert(workdir, "lineages", rows=[_lineage_row(lid, specs[lid]) for lid in lineage_ids], key=["lineage_id"])
     upsert(workdir, "sweep_lineages", rows=[{"sweep": sweep, "lineage_id": lid} for lid in lineage_ids],
@@ -82,10 +84,19 @@ def _lineage_row(lid: str, stored: dict) -> dict:
             "spec_json": json.dumps(stored["identity"], sort_keys=True)}
 
 
-def _stored_spec(workdir: str | os.PathLike, lid: str) -> dict:
-    stored = LineageCheckpoints(workdir, lid).stored_spec()
+def _level_location(location: str) -> tuple[str, str]:
+    """(path, URI) of a level folder: an absolute local path and its file:// URI, or an
+    object-store URI twice."""
+    if is_object_store(location):
+        return location, location
+    path = Path(location).resolve()
+    return str(path), path.as_uri()
+
+
+def _stored_spec(store: Store, lid: str) -> dict:
+    stored = LineageCheckpoints(store, lid).stored_spec()
     if stored is None:
-        raise FileNotFoundError(f"lineage {lid}: {Layout(workdir).lineage_spec(lid)} is missing; the workdir "
+        raise FileNotFoundError(f"lineage {lid}: {store.uri(layout.lineage_spec(lid))} is missing; the workdir "
                                 "does not hold this lineage")
     return stored
 

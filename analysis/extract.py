@@ -9,7 +9,7 @@ import io
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import PurePath
 
 import numpy as np
 import torch
@@ -17,26 +17,26 @@ from torch import nn
 
 from analysis.activations import capture, probe_key, probe_size_for
 from analysis.specs import AnalysisSpec
-from analysis.tables import to_arrow, write_parquet_atomic
-from trainables import storage
+from analysis.tables import to_arrow, write_table
+from trainables import layout
 from trainables.checkpoints import load_checkpoint
 from trainables.data import load_dataset, probe_set
 from trainables.ids import digest
-from trainables.layout import Layout
 from trainables.models import build_model
+from trainables.storage import LocalStore, Store, as_store
 
 
 @dataclass(frozen=True)
 class Products:
-    """Where the products of one checkpoint live (their existence says they are done; for the
-    activations, a manifest that `read_manifest` can use)."""
+    """Where (keys in `store`) the products of one checkpoint live (their existence says they are
+    done; for the activations, a manifest that `read_manifest` can use)."""
 
-    layout: Layout
-    manifest: Path  # activation files of every probe layer (JSON rows)
-    neurons: Path
-    receptive_fields: Path
-    displacements: Path
-    sharpness: Path  # JSON, merged into the levels table
+    store: Store
+    manifest: str  # activation files of every probe layer (JSON rows)
+    neurons: str
+    receptive_fields: str
+    displacements: str
+    sharpness: str  # JSON, merged into the levels table
 
     def missing(self, spec: AnalysisSpec, fully_connected: bool | None = None) -> list[str]:
         want = {"manifest": True, "neurons": spec.neurons, "sharpness": spec.sharpness,
@@ -45,34 +45,37 @@ class Products:
 
     def _done(self, name: str) -> bool:
         if name == "manifest":
-            return read_manifest(self.manifest, layout=self.layout) is not None
-        return getattr(self, name).exists()
+            return read_manifest(self.store, key=self.manifest) is not None
+        return self.store.exists(getattr(self, name))
 
 
-def read_manifest(path: Path, *, layout: Layout) -> list[dict] | None:
-    """The rows of a checkpoint's activation manifest, each file's `path` relative to the workdir
-    (`Layout.resolve` finds it); None when there is no usable manifest: none yet, or one of a
-    copied or moved workdir written when manifests stored absolute paths, which point outside
-    this workdir (its activations are then extracted again, here)."""
-    if not path.exists():
+def read_manifest(store: Store, *, key: str) -> list[dict] | None:
+    """The rows of a checkpoint's activation manifest, each file's `path` a key of the workdir;
+    None when there is no usable manifest: none yet, or one of a copied or moved workdir written
+    when manifests stored absolute paths, which point outside this workdir (its activations are
+    then extracted again, here)."""
+    if not store.exists(key):
         return None
     rows = []
-    for row in storage.read_json(path):
-        try:
-            rows.append({**row, "path": layout.relative(layout.resolve(row["path"]))})
-        except ValueError:
-            return None
+    for row in store.read_json(key):
+        if PurePath(row["path"]).is_absolute():
+            if not isinstance(store, LocalStore):
+                return None
+            try:
+                row = {**row, "path": store.key_of(row["path"])}
+            except ValueError:
+                return None
+        rows.append(row)
     return rows
 
 
-def products(workdir: str | os.PathLike, *, spec: AnalysisSpec, checkpoint_id: str) -> Products:
+def products(workdir: str | os.PathLike | Store, *, spec: AnalysisSpec, checkpoint_id: str) -> Products:
     """Where `spec`'s products of checkpoint `checkpoint_id` are stored under `workdir`."""
-    layout = Layout(workdir)
     probe_rule = digest({"probe_size": spec.probe_size, "probe_seed": spec.probe_seed})
     sharpness_rule = digest({"batch": spec.sharpness_batch, "epsilon": spec.sharpness_epsilon,
                              "iterations": spec.sharpness_iterations, "seed": spec.probe_seed})
     return Products(
-        layout=layout,
+        store=as_store(workdir),
         manifest=layout.activation_index(probe_rule, checkpoint_id),
         neurons=layout.checkpoint_table_file("neurons", checkpoint_id),
         receptive_fields=layout.checkpoint_table_file("receptive_fields", checkpoint_id),
@@ -88,8 +91,7 @@ class CheckpointExtractor:
     """
 
     def __init__(self, workdir: str, *, spec_json: str, device: str = "cpu"):
-        self.workdir, self.spec = Path(workdir), AnalysisSpec.model_validate_json(spec_json)
-        self.layout = Layout(workdir)
+        self.store, self.spec = as_store(workdir), AnalysisSpec.model_validate_json(spec_json)
         self.device = torch.device(device)
         self._probes: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
 
@@ -107,7 +109,7 @@ class CheckpointExtractor:
             model = build_model(lineage_spec["model"], input_shape=splits.info.input_shape,
                                 num_classes=splits.info.num_classes,
                                 options=lineage_spec.get("model_options")).to(self.device)
-            target = products(self.workdir, spec=self.spec, checkpoint_id=cid)
+            target = products(self.store, spec=self.spec, checkpoint_id=cid)
             fully_connected = isinstance(_first_weight_module(model), nn.Linear)
             todo = target.missing(self.spec, fully_connected)
             if not todo:
@@ -138,23 +140,22 @@ class CheckpointExtractor:
         return self._probes[key]
 
     def _activations(self, cid: str, lineage_spec: dict, model: nn.Module, x: torch.Tensor, size: int,
-                     manifest: Path) -> None:
+                     manifest: str) -> None:
         key = probe_key(lineage_spec, size=size, seed=self.spec.probe_seed)
         rows = []
         for layer, act in capture(model, x, layers=tuple(model.probe_layers)).items():
-            file = self.layout.activation_file(key, cid, layer=layer)
+            file = layout.activation_file(key, cid, layer=layer)
             buffer = io.BytesIO()
             np.save(buffer, act)
-            storage.write_bytes(file, buffer.getvalue())
-            rows.append({"checkpoint_id": cid, "layer": layer, "path": self.layout.relative(file),
-                         "n_examples": len(x)})
-        storage.write_json(manifest, rows)  # last: its existence means every layer file is there
+            self.store.write_bytes(file, buffer.getvalue())
+            rows.append({"checkpoint_id": cid, "layer": layer, "path": file, "n_examples": len(x)})
+        self.store.write_json(manifest, rows)  # last: its existence means every layer file is there
 
-    def _neurons(self, cid: str, model: nn.Module, x, y, num_classes: int, out: Path) -> None:
+    def _neurons(self, cid: str, model: nn.Module, x, y, num_classes: int, out: str) -> None:
         from analysis.neurons import neuron_rows, psp_entropy
 
         rows = neuron_rows(cid, psp_entropy(model, x, y=y, num_classes=num_classes))
-        write_parquet_atomic(to_arrow(rows, "neurons"), out)
+        write_table(self.store, out, to_arrow(rows, "neurons"))
 
     def _receptive_fields(self, cid: str, model: nn.Module, masks, input_shape, target: Products) -> None:
         from analysis.receptive_fields import first_layer_mask, receptive_field_rows, receptive_fields
@@ -166,10 +167,10 @@ class CheckpointExtractor:
         hist = [{"checkpoint_id": cid, "layer": layer, "distance": float(d), "same_channel": int(s),
                  "cross_channel": int(c)}
                 for d, s, c in zip(centres, rf.displacement_same_channel, rf.displacement_cross_channel)]
-        write_parquet_atomic(to_arrow(hist, "displacements"), target.displacements)
-        write_parquet_atomic(to_arrow(receptive_field_rows(cid, rf), "receptive_fields"), target.receptive_fields)
+        write_table(self.store, target.displacements, to_arrow(hist, "displacements"))
+        write_table(self.store, target.receptive_fields, to_arrow(receptive_field_rows(cid, rf), "receptive_fields"))
 
-    def _sharpness(self, model: nn.Module, masks, splits, out: Path) -> None:
+    def _sharpness(self, model: nn.Module, masks, splits, out: str) -> None:
         from analysis.sharpness import sharpness
 
         n = min(self.spec.sharpness_batch, len(splits.x_train))
@@ -178,10 +179,10 @@ class CheckpointExtractor:
         y = splits.y_train[chosen].to(self.device)
         result = sharpness(model, masks, x=x, y=y, epsilon=self.spec.sharpness_epsilon,
                            n_iterations=self.spec.sharpness_iterations, seed=self.spec.probe_seed)
-        storage.write_json(out, {"hessian_top_eig": result.hessian_top_eig,
-                                "perturbed_loss_increase": result.perturbed_loss_increase,
-                                "sharpness_epsilon": result.epsilon, "batch": n,
-                                "n_iterations": result.n_iterations, "loss": result.loss})
+        self.store.write_json(out, {"hessian_top_eig": result.hessian_top_eig,
+                                    "perturbed_loss_increase": result.perturbed_loss_increase,
+                                    "sharpness_epsilon": result.epsilon, "batch": n,
+                                    "n_iterations": result.n_iterations, "loss": result.loss})
 
 
 def _first_weight_module(model: nn.Module) -> nn.Module | None:

@@ -12,7 +12,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import polars as pl
 
@@ -23,8 +22,8 @@ from analysis.repair import retry_unreadable, set_aside_garbled_tables
 from analysis.specs import AnalysisSpec, analysis_id
 from analysis.tables import update_columns
 from analysis.tile_writer import TileWriter, tile_jobs
-from trainables import storage
-from trainables.layout import Layout
+from trainables import layout
+from trainables.storage import Store, as_store
 
 SHARPNESS_COLUMNS = ("hessian_top_eig", "perturbed_loss_increase", "sharpness_epsilon")
 
@@ -46,7 +45,7 @@ class AnalysisOutcome:
     skipped_representations: tuple[tuple[str, str, str], ...] = ()
 
 
-def run_analysis(sweep: str, spec: AnalysisSpec, *, workdir: str | os.PathLike, tracking_uri: str,
+def run_analysis(sweep: str, spec: AnalysisSpec, *, workdir: str | os.PathLike | Store, tracking_uri: str,
                  echo: Echo = print, connect: Callable[[], None] | None = None) -> AnalysisOutcome:
     """Analyse every finished checkpoint of `sweep` (its lineages found in MLflow by tags).
 
@@ -57,20 +56,19 @@ def run_analysis(sweep: str, spec: AnalysisSpec, *, workdir: str | os.PathLike, 
     connect: called before the first Ray Data stage (e.g. to `ray.init`), and only if there is
         something to compute, so that a run with nothing missing starts no Ray at all.
     """
-    layout = Layout(workdir)
-    with storage.exclusive_lock(layout.analysis_lock):
-        removed = sum(storage.remove_temporaries(folder) for folder in (layout.analysis_dir, layout.tables_dir))
+    store = as_store(workdir)
+    with store.lock(layout.ANALYSIS_LOCK):
+        removed = sum(store.remove_temporaries(folder) for folder in (layout.ANALYSIS, layout.TABLES))
         if removed:
             echo(f"removed {removed} half-written file(s) left by an interrupted analysis")
-        return _run_analysis(sweep, spec, workdir=workdir, tracking_uri=tracking_uri, echo=echo,
-                             connect=connect)
+        return _run_analysis(sweep, spec, store=store, tracking_uri=tracking_uri, echo=echo, connect=connect)
 
 
 def _run_analysis(
     sweep: str,
     spec: AnalysisSpec,
     *,
-    workdir: str | os.PathLike,
+    store: Store,
     tracking_uri: str,
     echo: Echo = print,
     connect: Callable[[], None] | None = None,
@@ -78,19 +76,19 @@ def _run_analysis(
     ray = _LazyRay(connect)
     start = time.perf_counter()
     aid = analysis_id(spec)
-    for line in set_aside_garbled_tables(workdir) + retry_unreadable(workdir, spec=spec, analysis_id=aid):
+    for line in set_aside_garbled_tables(store) + retry_unreadable(store, spec=spec, analysis_id=aid):
         echo(line)
-    catalog = build_catalog(sweep, tracking_uri=tracking_uri, workdir=workdir)
+    catalog = build_catalog(sweep, tracking_uri=tracking_uri, workdir=store)
     echo(f"analysis {aid}: {len(catalog)} checkpoints in sweep {sweep}")
-    manifests, failed = _extract(catalog, spec, Path(workdir), echo, ray)
+    manifests, failed = _extract(catalog, spec, store, echo, ray)
     reps = _reps(catalog, manifests)
     pairs = pair_set(reps, layers=spec.layers, scope=spec.scope)
     total, computed, sketched, skipped = {}, {}, {}, set()
     for measure in spec.measures:
-        done = _existing_keys(workdir, measure, aid)
+        done = _existing_keys(store, measure, aid)
         todo = [p for p in pairs if pair_key(*p) not in done]
         total[measure] = len(pairs)
-        run = _similarity(todo, pairs, measure, spec, aid, Path(workdir), ray) if todo else _TilesRun()
+        run = _similarity(todo, pairs, measure, spec, aid, store, ray) if todo else _TilesRun()
         computed[measure], sketched[measure] = run.rows, run.computed
         skipped |= run.skipped
         echo(f"analysis {aid}: {measure}: {len(pairs)} pairs, {len(pairs) - len(todo)} already computed, "
@@ -126,20 +124,20 @@ def _quiet_ray_data(ray) -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
-def _extract(catalog: pl.DataFrame, spec: AnalysisSpec, workdir: Path, echo: Echo, ray):
+def _extract(catalog: pl.DataFrame, spec: AnalysisSpec, store: Store, echo: Echo, ray):
     """Per-checkpoint products (activations, neurons, receptive fields, sharpness), computing in
     a Ray Data actor pool only the checkpoints that miss one."""
     missing = [
         {k: row[k] for k in ("checkpoint_id", "checkpoint_path", "spec_json")}
         for row in catalog.iter_rows(named=True)
-        if products(workdir, spec=spec, checkpoint_id=row["checkpoint_id"]).missing(spec)
+        if products(store, spec=spec, checkpoint_id=row["checkpoint_id"]).missing(spec)
     ]
     failed: list[tuple[str, str]] = []
     if missing:
         echo(f"checkpoints: {len(catalog) - len(missing)} cached, extracting {len(missing)}")
         ds = ray.data.from_items(missing).map_batches(
             CheckpointExtractor,
-            fn_constructor_kwargs={"workdir": str(workdir), "spec_json": spec.model_dump_json()},
+            fn_constructor_kwargs={"workdir": store.root, "spec_json": spec.model_dump_json()},
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(spec.num_actors, len(missing))),
             batch_size=1,
             num_cpus=1,
@@ -152,14 +150,14 @@ def _extract(catalog: pl.DataFrame, spec: AnalysisSpec, workdir: Path, echo: Ech
         echo(f"checkpoints: all {len(catalog)} cached")
     manifests, sharp = {}, []
     for cid in catalog["checkpoint_id"]:
-        found = products(workdir, spec=spec, checkpoint_id=cid)
-        rows = read_manifest(found.manifest, layout=found.layout)
+        found = products(store, spec=spec, checkpoint_id=cid)
+        rows = read_manifest(store, key=found.manifest)
         if rows is not None:
             manifests[cid] = rows
-        if found.sharpness.exists():
-            values = storage.read_json(found.sharpness)
+        if store.exists(found.sharpness):
+            values = store.read_json(found.sharpness)
             sharp.append({"checkpoint_id": cid, **{k: values[k] for k in SHARPNESS_COLUMNS}})
-    update_columns(workdir, "levels", key="checkpoint_id", rows=sharp)
+    update_columns(store, "levels", key="checkpoint_id", rows=sharp)
     return manifests, failed
 
 
@@ -175,12 +173,12 @@ def _reps(catalog: pl.DataFrame, manifests: dict[str, list[dict]]) -> list[Rep]:
     return reps
 
 
-def _existing_keys(workdir: str | os.PathLike, measure: str, aid: str) -> set[tuple[str, str, str, str]]:
-    folder = Layout(workdir).similarity_dir(measure)
-    if not folder.is_dir() or not any(folder.glob("*.parquet")):
+def _existing_keys(store: Store, measure: str, aid: str) -> set[tuple[str, str, str, str]]:
+    files = [store.uri(key) for key in store.list_files(layout.similarity_dir(measure)) if key.endswith(".parquet")]
+    if not files:
         return set()
     frame = (
-        pl.scan_parquet(folder / "*.parquet")
+        pl.scan_parquet(files)
         .filter(pl.col("analysis_id") == aid)
         .select("a_checkpoint_id", "a_layer", "b_checkpoint_id", "b_layer")
         .collect()
@@ -196,14 +194,14 @@ class _TilesRun:
     skipped: frozenset[tuple[str, str, str]] = frozenset()  # (checkpoint_id, layer, reason)
 
 
-def _similarity(todo, pairs, measure: str, spec: AnalysisSpec, aid: str, workdir: Path, ray) -> _TilesRun:
+def _similarity(todo, pairs, measure: str, spec: AnalysisSpec, aid: str, store: Store, ray) -> _TilesRun:
     """Evaluate the missing pairs tile by tile in a Ray Data actor; each tile writes one file."""
-    jobs = tile_jobs(todo, pairs, measure=measure, spec=spec, workdir=workdir)
+    jobs = tile_jobs(todo, pairs, measure=measure, spec=spec, workdir=store)
     items = [{"job": job.to_json()} for job in jobs]
     ds = ray.data.from_items(items).map_batches(
         TileWriter,
         fn_constructor_kwargs={"measure": measure, "spec_json": spec.model_dump_json(), "analysis_id": aid,
-                               "workdir": str(workdir)},
+                               "workdir": store.root},
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1),
         batch_size=1,
         num_cpus=1,

@@ -7,54 +7,56 @@ from __future__ import annotations
 import os
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis.extract import products
 from analysis.specs import AnalysisSpec
-from trainables import storage
-from trainables.layout import Layout
+from trainables import layout
+from trainables.storage import Store, as_store
 
 # Statuses of pairs whose activation file was damaged rather than its values undefined: a later
 # analysis computes them again (a "nonfinite" activation, e.g. of a diverged lineage, stays).
 RETRIED = ("unreadable", "bad_shape")
 
 
-def set_aside_garbled_tables(workdir: str | os.PathLike) -> list[str]:
+def set_aside_garbled_tables(workdir: str | os.PathLike | Store) -> list[str]:
     """Set aside every Parquet file under `<workdir>/tables` whose footer cannot be read (a
     truncated or overwritten file, which would stop every scan of its table). Returns a line
     per file naming it and where it went."""
-    tables = Layout(workdir).tables_dir
+    store = as_store(workdir)
     moved = []
-    for path in sorted(tables.rglob("*.parquet")) if tables.is_dir() else ():
-        if path.name.startswith("."):
+    for key in store.list_files(layout.TABLES):
+        if not key.endswith(".parquet"):
             continue
         try:
-            pq.read_metadata(path)
+            pq.read_metadata(pa.BufferReader(store.read_bytes(key)))
         except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
-            aside = storage.set_aside(path)
-            moved.append(f"{path} is not a readable Parquet file ({error}); set aside as {aside.name}, "
-                         "and `impsweep analyze` computes its rows again")
+            aside = store.set_aside(key)
+            moved.append(f"{store.uri(key)} is not a readable Parquet file ({error}); set aside as "
+                         f"{aside.rsplit('/', 1)[-1]}, and `impsweep analyze` computes its rows again")
     return moved
 
 
-def retry_unreadable(workdir: str | os.PathLike, *, spec: AnalysisSpec, analysis_id: str) -> list[str]:
+def retry_unreadable(workdir: str | os.PathLike | Store, *, spec: AnalysisSpec, analysis_id: str) -> list[str]:
     """Drop the similarity tiles of this analysis that hold pairs with a `RETRIED` status, and the
     activation manifests of the checkpoints on either side of those pairs: the next steps then
     extract their activations again and compute the pairs anew. Returns a line per checkpoint."""
-    layout = Layout(workdir)
+    store = as_store(workdir)
     files, checkpoints = set(), set()
     for measure in spec.measures:
-        folder = layout.similarity_dir(measure)
-        if not folder.is_dir() or not any(folder.glob("*.parquet")):
+        keys = {store.uri(key): key for key in store.list_files(layout.similarity_dir(measure))
+                if key.endswith(".parquet")}
+        if not keys:
             continue
-        rows = (pl.scan_parquet(folder / "*.parquet", include_file_paths="file")
+        rows = (pl.scan_parquet(list(keys), include_file_paths="file")
                 .filter((pl.col("analysis_id") == analysis_id) & pl.col("status").is_in(RETRIED))
                 .select("file", "a_checkpoint_id", "b_checkpoint_id").collect())
-        files |= set(rows["file"])
+        files |= {keys[uri] for uri in rows["file"]}
         checkpoints |= set(rows["a_checkpoint_id"]) | set(rows["b_checkpoint_id"])
-    for file in files:
-        storage.remove(file)
+    for key in files:
+        store.delete(key)
     for cid in checkpoints:
-        storage.remove(products(workdir, spec=spec, checkpoint_id=cid).manifest)
+        store.delete(products(store, spec=spec, checkpoint_id=cid).manifest)
     return [f"checkpoint {cid}: activations extracted again (an earlier analysis could not read them)"
             for cid in sorted(checkpoints)]

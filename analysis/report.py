@@ -6,50 +6,50 @@ from __future__ import annotations
 import datetime as dt
 import html
 import os
+import tempfile
 from pathlib import Path
 
 import polars as pl
 
 from analysis.report_sections import Item, html_table, sections
 from analysis.tables import scan_tables
-from trainables import storage
-from trainables.layout import Layout
+from trainables import layout
+from trainables.storage import Store, as_store, join, open_store
 
 
-def write_report(workdir: str | os.PathLike, sweep: str, *, tracking_uri: str | None = None,
-                 out_dir: str | os.PathLike | None = None) -> Path:
+def write_report(workdir: str | os.PathLike | Store, sweep: str, *, tracking_uri: str | None = None,
+                 out_dir: str | os.PathLike | None = None) -> str:
     """Write `index.html` and its PNG figures for `sweep` to `out_dir` (default
-    `<workdir>/reports/<sweep>/`), replacing any earlier report, and return the index path.
+    `<workdir>/reports/<sweep>/`), replacing any earlier report, and return the index's location.
 
     Every table is restricted to the sweep's lineages (`sweep_lineages`); a table that is
-    absent or empty for them leaves its section out with a note. The report is built in a
-    hidden sibling directory and renamed into place, so a reader sees the old report or the
-    new one, never a mix. With `tracking_uri`, the PNGs are also logged as artifacts
-    `report/<name>.png` of every lineage parent run tagged as a member of the sweep
-    (same paths on re-runs, so MLflow overwrites instead of duplicating).
+    absent or empty for them leaves its section out with a note. The report is built in a local
+    temporary folder and then stored as one group (`Store.replace_group`): on a local disk a
+    reader sees the old report or the new one, never a mix. With `tracking_uri`, the PNGs are
+    also logged as artifacts `report/<name>.png` of every lineage parent run tagged as a member
+    of the sweep (same paths on re-runs, so MLflow overwrites instead of duplicating).
     Raises `ValueError` when the tables hold no lineage of `sweep`.
     """
-    frames = _sweep_frames(workdir, sweep)
-    final = Path(out_dir) if out_dir is not None else Layout(workdir).report_dir(sweep)
+    store = as_store(workdir)
+    frames = _sweep_frames(store, sweep)
+    target, prefix = (open_store(out_dir), "") if out_dir is not None else (store, layout.report_dir(sweep))
+    with tempfile.TemporaryDirectory(prefix="impsweep-report-") as tmp:
+        folder = Path(tmp)
+        (folder / "index.html").write_text(_page(sweep, frames, sections(frames, folder)), encoding="utf-8")
+        target.replace_group(prefix, {p.name: p.read_bytes() for p in sorted(folder.iterdir())})
+        if tracking_uri is not None:
+            _log_to_mlflow(folder, sweep, tracking_uri)
+    return target.uri(join(prefix, "index.html"))
 
-    def fill(folder: Path) -> None:
-        page = _page(sweep, frames, sections(frames, folder))
-        (folder / "index.html").write_text(page, encoding="utf-8")
 
-    storage.replace_dir(final, fill)
-    if tracking_uri is not None:
-        _log_to_mlflow(final, sweep, tracking_uri)
-    return final / "index.html"
-
-
-def _sweep_frames(workdir: str | os.PathLike, sweep: str) -> dict[str, pl.DataFrame]:
+def _sweep_frames(store: Store, sweep: str) -> dict[str, pl.DataFrame]:
     """Every table restricted to the sweep: by lineage id, or by the checkpoints of its levels."""
-    lazy = scan_tables(workdir)
+    lazy = scan_tables(store)
     members = lazy["sweep_lineages"].filter(pl.col("sweep") == sweep).select("lineage_id").collect()
     ids = members["lineage_id"].unique().to_list()
     if not ids:
         known = sorted(lazy["sweep_lineages"].select("sweep").unique().collect()["sweep"].to_list())
-        raise ValueError(f"sweep {sweep!r} has no lineages in the tables under {workdir}; "
+        raise ValueError(f"sweep {sweep!r} has no lineages in the tables under {store.uri()}; "
                          f"known sweeps: {known}")
     out = {"lineages": lazy["lineages"].filter(pl.col("lineage_id").is_in(ids)).collect().sort("lineage_id"),
            "levels": lazy["levels"].filter(pl.col("lineage_id").is_in(ids)).collect().sort("lineage_id", "level")}

@@ -188,7 +188,8 @@ def _first_layer_masks(dense: dict, sparse: dict, lineage: dict, shapes: dict[st
     spec = json.loads(lineage["spec_json"])
     out, model = [], None
     for level in (dense, sparse):
-        checkpoint = load_checkpoint(Path(unquote(urlparse(level["checkpoint_uri"]).path)))
+        uri = level["checkpoint_uri"]
+        checkpoint = load_checkpoint(unquote(urlparse(uri).path) if uri.startswith("file:") else uri)
         masks = checkpoint.masks
         if next(iter(masks.values())).ndim != 2:  # a conv first layer: no need to load the data
             raise ValueError(f"model {spec['model']!r} does not start with a fully connected layer")

@@ -27,18 +27,18 @@ import io
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from analysis.similarity import Sketch, SketchSpec, from_payload, sketch, sketch_bytes, to_payload
-from trainables import storage
-from trainables.layout import Layout
+from trainables import layout
+from trainables.storage import Store, as_store
 
 STORE_RATIO = 4.0
 CACHE_BYTES = 2 << 30  # in-memory sketches per tile actor (those of the current tile are kept regardless)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: `source` is the store's version token of the activation file
+_NPY_HEADER_BYTES = 4096  # an .npy header fits in this (format 1: at most 65,535, in practice < 200)
 
 
 @dataclass(frozen=True)
@@ -73,25 +73,34 @@ class UnusableActivation(ValueError):
         self.reason = reason
 
 
-def activation_shape(path: str | os.PathLike) -> tuple[int, ...]:
+def activation_shape(store: Store, *, key: str) -> tuple[int, ...]:
     """The shape of a stored activation, read from its `.npy` header only. Raises
     UnusableActivation when the file cannot be read."""
     try:
-        return tuple(int(d) for d in np.load(path, mmap_mode="r").shape)
+        head = io.BytesIO(store.read_head(key, _NPY_HEADER_BYTES))
+        version = np.lib.format.read_magic(head)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is None:  # a newer format (UTF-8 field names): read the whole file
+            return tuple(int(d) for d in np.load(io.BytesIO(store.read_bytes(key))).shape)
+        shape, _, _ = read_header(head)
+        return tuple(int(d) for d in shape)
     except (OSError, ValueError, EOFError) as error:
-        raise UnusableActivation(path, "unreadable", detail=f"{type(error).__name__}: {error}") from None
+        raise UnusableActivation(store.uri(key), "unreadable", detail=f"{type(error).__name__}: {error}") from None
 
 
-def load_activation(path: str | os.PathLike) -> np.ndarray:
-    """A stored activation, checked: raises UnusableActivation when the file cannot be read or
-    holds non-finite values."""
+def load_activation(store: Store, *, key: str) -> tuple[np.ndarray, int]:
+    """A stored activation, checked, and the size of its file: raises UnusableActivation when
+    the file cannot be read or holds non-finite values."""
     try:
-        x = np.load(path)
+        data = store.read_bytes(key)
+        x = np.load(io.BytesIO(data))
     except (OSError, ValueError, EOFError) as error:
-        raise UnusableActivation(path, "unreadable", detail=f"{type(error).__name__}: {error}") from None
+        raise UnusableActivation(store.uri(key), "unreadable", detail=f"{type(error).__name__}: {error}") from None
     if not np.isfinite(x).all():
-        raise UnusableActivation(path, "nonfinite", detail=f"{int((~np.isfinite(x)).sum())} of {x.size} values")
-    return x
+        raise UnusableActivation(store.uri(key), "nonfinite",
+                                 detail=f"{int((~np.isfinite(x)).sum())} of {x.size} values")
+    return x, len(data)
 
 
 class SketchStore:
@@ -100,26 +109,26 @@ class SketchStore:
     store them, relative to the workdir (absolute ones are taken as they are). Counts what it
     did in `computed`, `loaded` (from disk) and `stored`."""
 
-    def __init__(self, workdir: str | os.PathLike, *, store_ratio: float = STORE_RATIO,
+    def __init__(self, workdir: str | os.PathLike | Store, *, store_ratio: float = STORE_RATIO,
                  cache_bytes: int = CACHE_BYTES):
-        self.layout, self.store_ratio, self.cache_bytes = Layout(workdir), store_ratio, cache_bytes
+        self.store, self.store_ratio, self.cache_bytes = as_store(workdir), store_ratio, cache_bytes
         self._cache: OrderedDict[tuple[str, str], tuple[Prepared, int]] = OrderedDict()
         self._held = 0
         self.computed = self.loaded = self.stored = 0
 
-    def path(self, activation: str | os.PathLike, spec: SketchSpec) -> Path:
-        """Where the sketch of `activation` under `spec` is (or would be) stored."""
-        return self.layout.sketch_file(self.layout.resolve(activation), spec.key)
+    def path(self, activation: str, spec: SketchSpec) -> str:
+        """Where (a key) the sketch of the activation file `activation` (a key) under `spec` is,
+        or would be, stored."""
+        return layout.sketch_file(activation, spec.key)
 
-    def get(self, activation: str | os.PathLike, spec: SketchSpec) -> Prepared:
+    def get(self, activation: str, spec: SketchSpec) -> Prepared:
         """Raises UnusableActivation for an activation file no sketch can be made of."""
-        activation = self.layout.resolve(activation)
-        key = (str(activation), spec.key)
+        key = (activation, spec.key)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key][0]
         file = self.path(activation, spec)
-        prepared = self._load(file, activation, spec) if file.exists() else None
+        prepared = self._load(file, activation, spec) if self.store.exists(file) else None
         if prepared is None:
             prepared = self._compute(file, activation, spec)
         else:
@@ -127,27 +136,28 @@ class SketchStore:
         self._remember(key, prepared)
         return prepared
 
-    def _load(self, file: Path, activation: str | os.PathLike, spec: SketchSpec) -> Prepared | None:
+    def _load(self, file: str, activation: str, spec: SketchSpec) -> Prepared | None:
         """The stored sketch, or None when the file is unreadable or belongs to something else."""
         try:
-            payload = torch.load(file, map_location="cpu", weights_only=True)
+            payload = torch.load(io.BytesIO(self.store.read_bytes(file)), map_location="cpu", weights_only=True)
             if (payload["version"] != FORMAT_VERSION or payload["key"] != spec.key
-                    or payload["source"] != _source(activation)):
+                    or payload["source"] != self.store.version(activation)):
                 return None
             return Prepared(from_payload(payload["sketch"]), tuple(payload["shape"]), int(payload["live_units"]))
         except Exception:  # truncated, corrupted or foreign: recompute and replace it
             return None
 
-    def _compute(self, file: Path, activation: str | os.PathLike, spec: SketchSpec) -> Prepared:
-        x = load_activation(activation)
+    def _compute(self, file: str, activation: str, spec: SketchSpec) -> Prepared:
+        x, size = load_activation(self.store, key=activation)
         prepared = Prepared(sketch(x, spec), tuple(int(d) for d in x.shape), live_units(x))
         self.computed += 1
-        if fits(prepared.sketch, os.path.getsize(activation), ratio=self.store_ratio):
+        if fits(prepared.sketch, size, ratio=self.store_ratio):
             buffer = io.BytesIO()
-            torch.save({"version": FORMAT_VERSION, "key": spec.key, "source": _source(activation),
+            # `source`: the activation file's version; a sketch of other activations is stale
+            torch.save({"version": FORMAT_VERSION, "key": spec.key, "source": self.store.version(activation),
                         "shape": list(prepared.shape), "live_units": prepared.live_units,
                         "sketch": to_payload(prepared.sketch)}, buffer)
-            storage.write_bytes(file, buffer.getvalue())
+            self.store.write_bytes(file, buffer.getvalue())
             self.stored += 1
         return prepared
 
@@ -158,9 +168,3 @@ class SketchStore:
         while self._held > self.cache_bytes and len(self._cache) > 1:
             _, (_, dropped) = self._cache.popitem(last=False)
             self._held -= dropped
-
-
-def _source(activation: str | os.PathLike) -> list[int]:
-    """Size and mtime of the activation file: a sketch of other activations is stale."""
-    stat = os.stat(activation)
-    return [int(stat.st_size), int(stat.st_mtime_ns)]

@@ -16,8 +16,9 @@ from analysis.similarity import MEASURES, cka_form, pairwise_sketches, resolve_c
 from analysis.similarity.inputs import common_size
 from analysis.sketch_store import Prepared, SketchStore, UnusableActivation, activation_shape
 from analysis.specs import AnalysisSpec
-from analysis.tables import to_arrow, write_parquet_atomic
-from trainables.layout import Layout
+from analysis.tables import to_arrow, write_table
+from trainables import layout
+from trainables.storage import Store, as_store
 
 LayerPair = tuple[str, str, str]  # (group, a_layer, b_layer)
 
@@ -66,7 +67,7 @@ class Skipped:
 
 
 def tile_jobs(todo: Sequence[tuple[Rep, Rep]], pairs: Sequence[tuple[Rep, Rep]], *, measure: str,
-              spec: AnalysisSpec, workdir: str | os.PathLike) -> list[TileJob]:
+              spec: AnalysisSpec, workdir: str | os.PathLike | Store) -> list[TileJob]:
     """The tiles of the pairs `todo` (those missing of the analysis's whole pair set `pairs`),
     each with its layer pair's plan (see `layer_pair_plans`)."""
     plans = layer_pair_plans(pairs, measure=measure, spec=spec, workdir=workdir)
@@ -74,11 +75,11 @@ def tile_jobs(todo: Sequence[tuple[Rep, Rep]], pairs: Sequence[tuple[Rep, Rep]],
 
 
 def layer_pair_plans(pairs: Sequence[tuple[Rep, Rep]], *, measure: str, spec: AnalysisSpec,
-                     workdir: str | os.PathLike) -> dict[LayerPair, LayerPairPlan]:
+                     workdir: str | os.PathLike | Store) -> dict[LayerPair, LayerPairPlan]:
     """The plan of each layer pair, decided on the layer pair's whole pair set (not only what
     is missing), so that a resumed or grown analysis picks the sketches it stored before. A
     layer's shape is that of its first readable activation file."""
-    layout = Layout(workdir)
+    store = as_store(workdir)
     members: dict[LayerPair, list[tuple[Rep, Rep]]] = {}
     for a, b in pairs:
         members.setdefault((a.group, a.layer, b.layer), []).append((a, b))
@@ -89,7 +90,7 @@ def layer_pair_plans(pairs: Sequence[tuple[Rep, Rep]], *, measure: str, spec: An
         reps = sorted({a for a, _ in layer_pairs} | {b for _, b in layer_pairs})
         for layer in (a_layer, b_layer):
             if (group, layer) not in shapes:
-                shapes[(group, layer)] = _first_shape([r for r in reps if r.layer == layer], layout)
+                shapes[(group, layer)] = _first_shape([r for r in reps if r.layer == layer], store)
         a_shape, b_shape = shapes[(group, a_layer)], shapes[(group, b_layer)]
         form = None
         if MEASURES[measure].family == "cka" and a_shape is not None and b_shape is not None:
@@ -99,10 +100,10 @@ def layer_pair_plans(pairs: Sequence[tuple[Rep, Rep]], *, measure: str, spec: An
     return plans
 
 
-def _first_shape(reps: Sequence[Rep], layout: Layout) -> tuple[int, ...] | None:
+def _first_shape(reps: Sequence[Rep], store: Store) -> tuple[int, ...] | None:
     for rep in reps:
         try:
-            return activation_shape(layout.resolve(rep.path))
+            return activation_shape(store, key=rep.path)
         except UnusableActivation:
             continue
     return None
@@ -115,21 +116,21 @@ class TileWriter:
     unusable (`Skipped`) gives its pairs a null value and the reason as status; the rest of the
     tile is computed as usual."""
 
-    def __init__(self, measure: str, *, spec_json: str, analysis_id: str, workdir: str | os.PathLike):
-        self.measure, self.analysis_id, self.layout = measure, analysis_id, Layout(workdir)
+    def __init__(self, measure: str, *, spec_json: str, analysis_id: str, workdir: str | os.PathLike | Store):
+        self.measure, self.analysis_id = measure, analysis_id
         self.spec = AnalysisSpec.model_validate_json(spec_json)
-        self.store = SketchStore(workdir)
+        self.sketches = SketchStore(workdir)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         """batch["job"]: `TileJob.to_json()` strings. Per job: rows written, sketches computed,
         sketches read from disk, and the skipped representations (JSON list of `Skipped`)."""
         out: dict[str, list] = {"rows": [], "computed": [], "loaded": [], "skipped": []}
         for text in batch["job"]:
-            computed, loaded = self.store.computed, self.store.loaded
+            computed, loaded = self.sketches.computed, self.sketches.loaded
             rows, skipped = self.write(TileJob.from_json(str(text)))
             out["rows"].append(rows)
-            out["computed"].append(self.store.computed - computed)
-            out["loaded"].append(self.store.loaded - loaded)
+            out["computed"].append(self.sketches.computed - computed)
+            out["loaded"].append(self.sketches.loaded - loaded)
             out["skipped"].append(json.dumps([asdict(s) for s in skipped]))
         return out
 
@@ -160,8 +161,8 @@ class TileWriter:
                 "conv_mode": conv_mode,
                 "options": json.dumps(options, sort_keys=True), "status": status,
             })
-        path = self.layout.similarity_file(self.measure, analysis_id=self.analysis_id, tile_id=tile.tile_id)
-        write_parquet_atomic(to_arrow(out, "similarity"), path)
+        path = layout.similarity_file(self.measure, analysis_id=self.analysis_id, tile_id=tile.tile_id)
+        write_table(self.sketches.store, path, to_arrow(out, "similarity"))
         skipped = {(s.checkpoint_id, s.layer): s for s in (*rows, *cols) if isinstance(s, Skipped)}
         return len(out), list(skipped.values())
 
@@ -200,7 +201,7 @@ class TileWriter:
         out: list[Prepared | Skipped] = []
         for rep in reps:
             try:
-                prepared = self.store.get(rep.path, spec)
+                prepared = self.sketches.get(rep.path, spec)
             except UnusableActivation as error:
                 out.append(Skipped(rep.checkpoint_id, rep.layer, error.reason, str(error)))
                 continue

@@ -39,7 +39,9 @@ from analysis.similarity import (MEASURES, cka_form, pairwise_sketches, sketch, 
 from analysis.similarity.spectra import cpu_backend  # noqa: E402
 from analysis.sketch_store import fits  # noqa: E402
 from analysis.specs import AnalysisSpec  # noqa: E402
-from analysis.tables import to_arrow, write_parquet_atomic  # noqa: E402
+from analysis.tables import to_arrow, write_table  # noqa: E402
+from trainables import layout  # noqa: E402
+from trainables.storage import LocalStore  # noqa: E402
 from benchmarks._timing import (  # noqa: E402
     Session, add_common_arguments, check_common_arguments, contended, write_results,
 )
@@ -133,10 +135,10 @@ def bench_parquet(folder: Path) -> dict:
                  "n_examples": 1000, "a_dim": 100, "b_dim": 90, "conv_mode": "none", "options": "{}",
                  "status": "ok"} for i in range(count)]
     def write(count: int, repeats: int) -> float:
-        data = rows(count)
+        data, store = rows(count), LocalStore(folder)
         t0 = time.perf_counter()
         for r in range(repeats):
-            write_parquet_atomic(to_arrow(data, "similarity"), folder / "parquet" / f"p{count}-{r}.parquet")
+            write_table(store, f"parquet/p{count}-{r}.parquet", to_arrow(data, "similarity"))
         return (time.perf_counter() - t0) / repeats
     file_s = write(1, 10)
     big = TILE_SIZE * TILE_SIZE
@@ -153,10 +155,10 @@ def bench_tile_writer(name: str, layer: dict, k: int, measures: list[str], folde
     for measure in measures:
         reps = []
         for i, x in enumerate(xs):
-            path = folder / measure / "analysis" / "activations" / "pB" / f"c0-s{i}" / "L00" / f"{name}.npy"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(path, x)
-            reps.append(Rep(f"c0-s{i}/L00", name, f"c0-s{i}", "c0", 0, "g", str(path)))
+            key = layout.activation_file("pB", f"c0-s{i}/L00", layer=name)
+            (folder / measure / key).parent.mkdir(parents=True, exist_ok=True)
+            np.save(folder / measure / key, x)
+            reps.append(Rep(f"c0-s{i}/L00", name, f"c0-s{i}", "c0", 0, "g", key))
         tile = Tile(tuple(reps[:k]), tuple(reps[k:]), tuple((i, j) for i in range(k) for j in range(k)))
         spec = AnalysisSpec(measures=(measure,))
         form = cka_form(measure, [shape] * (2 * k), pairs=k * k) if MEASURES[measure].family == "cka" else None

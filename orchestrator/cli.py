@@ -10,6 +10,7 @@ import json
 import os
 import shlex
 import sys
+import tempfile
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -20,6 +21,8 @@ from orchestrator.interrupts import EXIT_INTERRUPTED
 from orchestrator.query import DEFAULT_LIMIT
 from orchestrator.specs import SpecError, SweepSpec, load_sweep
 from orchestrator.workdir import check_workdir
+from trainables import layout
+from trainables.storage import is_object_store
 
 DEMO_SWEEP = "demo.yaml"
 RESUMABLE = ("run", "analyze", "demo")  # verbs that finish what an interrupted one left
@@ -115,14 +118,17 @@ def leave_job_working_dir(sweep: SweepSpec) -> None:
     be absolute: a relative one would live inside the replaced directory."""
     if not _in_ray_job_working_dir():
         return
+    if is_object_store(sweep.workdir):  # nothing to stand in: a node-local scratch folder will do
+        os.chdir(tempfile.mkdtemp(prefix="impsweep-job-"))
+        return
     if not Path(sweep.workdir).is_absolute():
         raise SpecError([
             f"workdir: {sweep.workdir!r} is relative, but this runs as a Ray job whose working directory "
             "Ray replaces while it runs; give an absolute path on shared storage, e.g. "
             "--set workdir=/home/ubuntu/impsweep-runs/" + sweep.name
         ], "sweep")
-    sweep.workdir_path.mkdir(parents=True, exist_ok=True)
-    os.chdir(sweep.workdir_path)
+    Path(sweep.workdir).mkdir(parents=True, exist_ok=True)
+    os.chdir(sweep.workdir)
 
 
 def _dispatch(args) -> int:
@@ -142,9 +148,9 @@ def _unreadable_store(sweep: SweepSpec, err: DatabaseError) -> str:
     reason = str(getattr(err, "orig", None) or err).splitlines()[0]
     if sweep.tracking_uri:
         return f"tracking_uri: the MLflow store {uri} cannot be read ({reason}); check or restore it"
-    return (f"tracking_uri: the sweep's MLflow store {sweep.layout.mlflow_db} cannot be read ({reason}). "
+    return (f"tracking_uri: the sweep's MLflow store {sweep.store.uri(layout.MLFLOW_DB)} cannot be read ({reason}). "
             f"Restore it from a backup, or move it aside (e.g. to mlflow.db.corrupt): the checkpoints under "
-            f"{sweep.layout.lineages_dir} are kept, and the next `impsweep run` records their levels again "
+            f"{sweep.store.uri(layout.LINEAGES)} are kept, and the next `impsweep run` records their levels again "
             "without training them")
 
 

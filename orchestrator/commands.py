@@ -48,7 +48,7 @@ def status(sweep: SweepSpec) -> int:
 def analyze(sweep: SweepSpec) -> int:
     from analysis.pipeline import run_analysis
 
-    outcome = run_analysis(sweep.name, sweep.analysis, workdir=sweep.workdir,
+    outcome = run_analysis(sweep.name, sweep.analysis, workdir=sweep.store,
                            tracking_uri=sweep.resolved_tracking_uri, echo=_echo, connect=ensure_ray)
     for cid, reason in outcome.failed_checkpoints:
         _echo(f"skipped checkpoint {cid}: {reason}")
@@ -64,10 +64,10 @@ def report(sweep: SweepSpec) -> int:
     from analysis.repair import set_aside_garbled_tables
     from analysis.report import write_report
 
-    for line in set_aside_garbled_tables(sweep.workdir):
+    for line in set_aside_garbled_tables(sweep.store):
         _echo(line)
     try:
-        path = write_report(sweep.workdir, sweep.name, tracking_uri=sweep.resolved_tracking_uri)
+        path = write_report(sweep.store, sweep.name, tracking_uri=sweep.resolved_tracking_uri)
     except ValueError as err:  # e.g. a sweep with no analysed lineages yet
         raise SpecError([f"report: {err}"], "report") from None
     print(f"report: {path}", flush=True)
@@ -83,9 +83,10 @@ def query(sweep: SweepSpec, sql: str, *, fmt: str = "table", output: Path | None
     if errors:
         raise SpecError(errors, "query")
     max_bytes = int(max_memory_gb * 2**30) if max_memory_gb else default_max_memory_bytes()
-    for line in set_aside_garbled_tables(sweep.workdir):  # a garbled file would stop every scan of its table
+    store = sweep.store
+    for line in set_aside_garbled_tables(store):  # a garbled file would stop every scan of its table
         print(f"impsweep: {line}", file=sys.stderr, flush=True)
-    outcome = run_query(scan_tables(sweep.workdir), sql, limit=limit, max_memory_bytes=max_bytes)
+    outcome = run_query(scan_tables(store), sql, limit=limit, max_memory_bytes=max_bytes)
     result = outcome.frame
     try:
         if fmt == "parquet":
@@ -126,7 +127,7 @@ def ui(sweep: SweepSpec, *, host: str = "127.0.0.1", port: int = 5000) -> int:
     _, experiment_id = prepare_tracking(sweep)
     mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
     cmd = [mlflow, "ui", "--backend-store-uri", sweep.resolved_tracking_uri, "--host", host, "--port", str(port)]
-    if not sweep.tracking_uri:
+    if not sweep.resolved_tracking_uri.startswith(("http://", "https://")):  # a server keeps its own
         cmd += ["--default-artifact-root", sweep.artifact_location]
     print(f"MLflow UI: http://{host}:{port}/#/experiments/{experiment_id}/runs  (Ctrl-C stops it)", flush=True)
     return subprocess.call(cmd)

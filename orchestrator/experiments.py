@@ -87,7 +87,7 @@ def tune_run_config(sweep: SweepSpec, *, echo: Echo, expected: int) -> Any:
     from orchestrator.progress import ProgressCallback
     from orchestrator.stops import StopRecorder
 
-    workdir = str(sweep.workdir_path.resolve())
+    workdir = sweep.resolved_workdir
     callbacks = [ProgressCallback(echo, expected=expected, workdir=workdir)]
     if sweep.search is not None:
         callbacks.append(StopRecorder(sweep.resolved_tracking_uri, sweep=sweep.name, workdir=workdir))

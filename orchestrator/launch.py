@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from orchestrator.plan import LineagePlan, close_cut_off, close_done, plan_sweep
 from orchestrator.search_driver import run_search
 from orchestrator.specs import SweepSpec
 from trainables.checkpoints import LineageCheckpoints
+from trainables.storage import is_object_store
 from trainables.ids import parse_lineage_id
 from trainables.tracking import TrackingRef, ensure_experiment, ensure_parent_runs
 from trainables.trials import BundleTrial, LineageTrial, grid_param_space
@@ -35,9 +37,12 @@ class SweepOutcome:
 def prepare_tracking(sweep: SweepSpec) -> tuple[MlflowClient, str]:
     """Create the tracking store and the sweep's experiment once, in the driver, before any
     trial starts (concurrent first use of a SQLite store races on its schema migration)."""
-    sweep.workdir_path.mkdir(parents=True, exist_ok=True)
+    if not is_object_store(sweep.workdir):
+        Path(sweep.resolved_workdir).mkdir(parents=True, exist_ok=True)
     client = MlflowClient(sweep.resolved_tracking_uri)
-    artifact_location = sweep.artifact_location if not sweep.tracking_uri else None
+    # A tracking server decides where artifacts go; any other store is told (never the current directory).
+    served = sweep.resolved_tracking_uri.startswith(("http://", "https://"))
+    artifact_location = None if served else sweep.artifact_location
     return client, ensure_experiment(client, sweep.name, artifact_location=artifact_location)
 
 
@@ -83,7 +88,7 @@ def run_grid(sweep: SweepSpec, todo: list[LineagePlan], *, parents: dict[str, st
     from trainables.tune_entry import lineage_trainable
 
     ensure_ray()
-    workdir = str(sweep.workdir_path.resolve())
+    workdir = sweep.resolved_workdir
     refs = {p.lineage_id: tracking_ref(sweep, experiment_id=experiment_id, rev=rev, parent_run_id=parents[p.lineage_id])
             for p in todo}
     trials = grid_trials(todo, workdir=workdir, refs=refs)

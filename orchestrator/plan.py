@@ -72,12 +72,12 @@ def searched_lineages(sweep: SweepSpec, client: MlflowClient | None) -> Searched
     if client is None:
         return SearchedLineages([], {})
     runs = search_all(client, sweep_members(sweep.name))
-    specs, stops = [], {}
+    specs, stops, store = [], {}, sweep.store
     for run in sorted(runs, key=lambda r: r.info.start_time or 0):
         lid = run.data.tags[f"{TAG}lineage_id"]
         if (stop := run.data.tags.get(stopped_tag(sweep.name))) is not None:
             stops[lid] = int(stop)
-        stored = LineageCheckpoints(sweep.workdir, lid).stored_spec()
+        stored = LineageCheckpoints(store, lid).stored_spec()
         if stored is not None:
             specs.append(LineageSpec.model_validate(stored["spec"]))
         elif (spec := _spec_from_params(sweep, run.data.params, lid)) is not None:
@@ -112,12 +112,12 @@ def plan_sweep(sweep: SweepSpec, client: MlflowClient | None = None) -> list[Lin
     if client is None and tracking_store_exists(sweep):
         client = MlflowClient(sweep.resolved_tracking_uri)
     finished = _finished_levels(client)
-    plans = []
+    plans, store = [], sweep.store
     specs, stops = (sweep.lineages, {}) if sweep.search is None else searched_lineages(sweep, client)
     for spec in specs:
         lid = lineage_id(spec)
-        n_levels = final_level(sweep.workdir, spec) + 1
-        on_disk = set(LineageCheckpoints(sweep.workdir, lid).verified_levels())
+        n_levels = final_level(store, spec) + 1
+        on_disk = set(LineageCheckpoints(store, lid).verified_levels())
         logged = finished.get(lid, {})
         done = 0
         while done < n_levels and done in on_disk and done in logged:

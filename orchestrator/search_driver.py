@@ -126,7 +126,7 @@ def _fit_search(sweep: SweepSpec, trainable: Any, *, plans: list[LineagePlan], f
     points = {p.lineage_id: search.point(p.spec.model_dump(mode="json")) for p in plans}
     searcher = search.searcher(key=SAMPLE_KEY, pending=[points[p.lineage_id] for p in open_],
                                evaluated=[(points[p.lineage_id], p.metrics.get(search.metric)) for p in finished])
-    trial = SearchTrial(sweep.base, str(sweep.workdir_path.resolve()), ref)
+    trial = SearchTrial(sweep.base, sweep.resolved_workdir, ref)
     tuner = tune.Tuner(
         trainable,
         param_space=trial.to_config(),

@@ -11,15 +11,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from analysis.specs import AnalysisSpec
 from orchestrator.errors import SpecError
 from orchestrator.search import SearchSpec
 from orchestrator.sweep_input import check_bounds, parse_yaml, read_sweep_file
-from trainables.layout import Layout
+from trainables import layout
 from trainables.messages import shown
 from trainables.specs import LineageSpec, SpecModel, with_overrides
+from trainables.storage import Store, is_object_store, open_store, scheme_error
 
 MAX_NAME_CHARS = 100
 
@@ -60,28 +61,48 @@ class SweepSpec(SpecModel):
         (), description="Expanded grid (filled by load_sweep); a search sweep's lineages are proposed as it runs."
     )
 
-    @property
-    def workdir_path(self) -> Path:
-        return Path(self.workdir)
+    @field_validator("workdir")
+    @classmethod
+    def _usable_workdir(cls, v: str) -> str:
+        error = scheme_error(v)
+        if error is not None:  # never a local folder named after an unknown scheme
+            raise ValueError(error)
+        return v
+
+    @model_validator(mode="after")
+    def _object_store_needs_a_tracking_store(self) -> SweepSpec:
+        if is_object_store(self.workdir) and not self.tracking_uri:
+            raise ValueError(f"tracking_uri: a workdir on an object store ({self.workdir}) needs an explicit "
+                             "tracking_uri (an `mlflow server` URL, or a SQLite file you name): the default "
+                             "SQLite file would live on each machine's disk")
+        return self
 
     @property
-    def layout(self) -> Layout:
-        """The workdir's paths, absolute (trials and servers run in other directories)."""
-        return Layout(self.workdir_path.resolve())
+    def resolved_workdir(self) -> str:
+        """The workdir as every process finds it: an absolute path (trials and servers run in
+        other directories), or the object-store URI."""
+        return self.workdir if is_object_store(self.workdir) else str(Path(self.workdir).resolve())
+
+    @property
+    def store(self) -> Store:
+        return open_store(self.resolved_workdir)
 
     @property
     def resolved_storage_path(self) -> str:
-        return self.storage_path or str(self.layout.ray_storage)
+        return self.storage_path or self.store.uri(layout.RAY_STORAGE)
 
     @property
     def resolved_tracking_uri(self) -> str:
         if self.tracking_uri:
             return self.tracking_uri
-        return f"sqlite:///{self.layout.mlflow_db}"
+        return f"sqlite:///{self.store.uri(layout.MLFLOW_DB)}"
 
     @property
     def artifact_location(self) -> str:
-        return self.layout.mlflow_artifacts.as_uri()
+        """Where the sweep's MLflow experiment keeps artifacts unless a tracking server decides:
+        under the workdir, never the directory a command runs in."""
+        location = self.store.uri(layout.MLFLOW_ARTIFACTS)
+        return location if is_object_store(location) else Path(location).as_uri()
 
 
 def parse_override(text: str) -> tuple[str, Any]:

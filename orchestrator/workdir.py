@@ -4,17 +4,23 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+import uuid
 from pathlib import Path
 
 from orchestrator.errors import SpecError
 from trainables.messages import shown
+from trainables.storage import is_object_store, open_store
 
 _PATH_CHARS = 4100  # longer paths cannot exist (PATH_MAX is 4096): show them whole up to that
 
 
 def check_workdir(workdir: str | os.PathLike) -> None:
     """SpecError naming `workdir` if it is a file, lies under a file, has a name longer than its
-    file system allows, or cannot be written. Creates nothing (a probe folder comes and goes)."""
+    file system allows, or cannot be written; on an object store, if a probe object cannot be
+    written there (no bucket, no credentials). Leaves nothing behind (the probe comes and goes)."""
+    if is_object_store(workdir):
+        _check_object_store(str(workdir))
+        return
     path = Path(workdir).absolute()
     existing, missing = path, []
     try:
@@ -58,3 +64,15 @@ def _name_max(folder: Path) -> int:
         return os.pathconf(folder, "PC_NAME_MAX")
     except (OSError, ValueError, AttributeError):  # no pathconf (Windows) or no answer
         return 255
+
+
+def _check_object_store(workdir: str) -> None:
+    store = open_store(workdir)
+    probe = f".impsweep-probe-{uuid.uuid4().hex}"
+    try:
+        store.write_bytes(probe, b"")
+        store.delete(probe)
+    except Exception as err:  # botocore's errors (no bucket, credentials, endpoint) and OSError
+        raise SpecError([f"workdir: {workdir} cannot be written ({type(err).__name__}: {shown(str(err))}); "
+                         "check the bucket and the AWS_* environment (credentials, AWS_ENDPOINT_URL)"],
+                        "workdir") from None

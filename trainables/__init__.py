@@ -3,22 +3,22 @@ from trainables.checkpoints import LevelCheckpoint, LineageCheckpoints, load_che
 from trainables.data import DATASETS, load_dataset
 from trainables.fused import run_bundle
 from trainables.ids import checkpoint_id, config_id, lineage_id
-from trainables.layout import Layout
 from trainables.lineage import LineageResult, run_lineage
 from trainables.lineage_run import LevelResult
 from trainables.models import MODELS, build_model
 from trainables.specs import LineageSpec, PruneSpec, TrainSpec
+from trainables.storage import Store, open_store
 
 __all__ = [
     "DATASETS",
     "MODELS",
-    "Layout",
     "LevelCheckpoint",
     "LevelResult",
     "LineageCheckpoints",
     "LineageResult",
     "LineageSpec",
     "PruneSpec",
+    "Store",
     "TrainSpec",
     "build_model",
     "checkpoint_id",
@@ -26,6 +26,7 @@ __all__ = [
     "lineage_id",
     "load_checkpoint",
     "load_dataset",
+    "open_store",
     "run_bundle",
     "run_lineage",
 ]

@@ -2,27 +2,27 @@
 checkpoint, complete levels, the stopping record, and what they record of how the lineage was
 trained (fused or not, in which precision), which decides the mode it may resume in.
 
-Paths come from `trainables.layout` (`<workdir>/lineages/<lineage_id>/`), every write and read
-goes through `trainables.storage` (atomic; tensors load with `weights_only=True`). A level
-folder holds `state.pt` (model, masks, optimizer, progress, training mode, RNG state),
-`metrics.json` (metrics, per-layer sparsity, precision) and a copy of `spec.json`.
+Keys come from `trainables.layout` (`<workdir>/lineages/<lineage_id>/`), every write and read
+goes through the workdir's `trainables.storage` store (whole or nothing; tensors load with
+`weights_only=True`). A level is one committed group of files: `state.pt` (model, masks,
+optimizer, progress, training mode, RNG state), `metrics.json` (metrics, per-layer sparsity,
+precision, the sha256 of `state.pt`) and a copy of `spec.json`.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from trainables import storage
+from trainables import layout
 from trainables.ids import canonical, identity
-from trainables.layout import LEVEL_METRICS_FILE, LEVEL_STATE_FILE, SPEC_FILE, Layout
+from trainables.layout import LEVEL_METRICS_FILE, LEVEL_STATE_FILE, SPEC_FILE
+from trainables.storage import Store, as_store, json_bytes, open_store, torch_bytes
 from trainables.masks import LayerSparsity, Masks
 from trainables.specs import LineageSpec
 
@@ -31,7 +31,7 @@ from trainables.specs import LineageSpec
 class LevelCheckpoint:
     """A complete level as stored on disk."""
 
-    path: Path
+    path: str  # the level folder: a local path or an object-store URI
     level: int
     model: dict[str, torch.Tensor]
     masks: dict[str, torch.Tensor]
@@ -66,80 +66,77 @@ class LevelProgress:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LevelCheckpoint:
-    """Load a level folder (`.../lineages/<lineage_id>/LNN`) written by `run_lineage`."""
-    path = Path(path)
-    state_file = path / LEVEL_STATE_FILE
-    if not state_file.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}: {LEVEL_STATE_FILE} is missing")
-    state = storage.load_torch(state_file, map_location)
-    spec_file = path / SPEC_FILE
+    """Load a level folder (`<workdir>/lineages/<lineage_id>/LNN`, a local path or a URI) written
+    by `run_lineage`."""
+    store = open_store(path)
+    if not store.exists(LEVEL_STATE_FILE):
+        raise FileNotFoundError(f"no checkpoint at {store.uri()}: {LEVEL_STATE_FILE} is missing")
+    state = store.load_torch(LEVEL_STATE_FILE, map_location)
     return LevelCheckpoint(
-        path=path,
+        path=store.uri(),
         level=int(state["progress"]["level"]),
         model=state["model"],
         masks=state["masks"],
-        metrics=storage.read_json(path / LEVEL_METRICS_FILE),
+        metrics=store.read_json(LEVEL_METRICS_FILE),
         fused=bool(state.get("fused", False)),
         precision=state.get("precision"),
-        spec=storage.read_json(spec_file)["spec"] if spec_file.exists() else None,
+        spec=store.read_json(SPEC_FILE)["spec"] if store.exists(SPEC_FILE) else None,
     )
 
 
 class LineageCheckpoints:
-    """The stored state of one lineage under `workdir`. Writers are called by the lineage's one
-    trainer, which holds `lock()`."""
+    """The stored state of one lineage under `workdir` (a path, a URI, or its open Store).
+    Writers are called by the lineage's one trainer, which holds `lock()`."""
 
-    def __init__(self, workdir: str | os.PathLike, lineage_id: str):
-        self.layout, self.lineage_id = Layout(workdir), lineage_id
-        self.root = self.layout.lineage_dir(lineage_id)
+    def __init__(self, workdir: str | os.PathLike | Store, lineage_id: str):
+        self.store, self.lineage_id = as_store(workdir), lineage_id
+        self.root = layout.lineage_dir(lineage_id)
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
         """A `with` block in which this process is the lineage's only trainer (others wait)."""
-        return storage.exclusive_lock(self.layout.lineage_lock(self.lineage_id))
+        return self.store.lock(layout.lineage_lock(self.lineage_id))
 
     def remove_temporaries(self) -> int:
         """Delete what writes killed mid-way left; call it under `lock()`."""
-        return storage.remove_temporaries(self.root)
+        return self.store.remove_temporaries(self.root)
 
     # -- the spec ------------------------------------------------------------------------------
     def ensure_spec(self, spec: LineageSpec) -> None:
         """Store `spec` on first use; refuse a lineage folder whose stored identity differs (a
         hash collision or a bug)."""
-        path = self.layout.lineage_spec(self.lineage_id)
-        if path.exists():
-            old = storage.read_json(path)
-            if old.get("identity") != identity(spec):
-                raise ValueError(f"lineage {self.lineage_id}: stored spec.json has identity {old.get('identity')}, "
-                                 f"this spec has {identity(spec)}")
-        else:
-            storage.write_json(path, {"identity": identity(spec), "canonical": canonical(spec),
-                                      "spec": spec.model_dump(mode="json")})
+        old = self.stored_spec()
+        if old is None:
+            self.store.write_json(layout.lineage_spec(self.lineage_id), {
+                "identity": identity(spec), "canonical": canonical(spec), "spec": spec.model_dump(mode="json")})
+        elif old.get("identity") != identity(spec):
+            raise ValueError(f"lineage {self.lineage_id}: stored spec.json has identity {old.get('identity')}, "
+                             f"this spec has {identity(spec)}")
 
     def stored_spec(self) -> dict[str, Any] | None:
         """The stored spec.json (`identity`, `canonical`, `spec`), None before the lineage started."""
-        path = self.layout.lineage_spec(self.lineage_id)
-        return storage.read_json(path) if path.exists() else None
+        key = layout.lineage_spec(self.lineage_id)
+        return self.store.read_json(key) if self.store.exists(key) else None
 
     # -- the rewind point ------------------------------------------------------------------------
     def has_rewind_point(self) -> bool:
-        return self.layout.rewind_point(self.lineage_id).exists()
+        return self.store.exists(layout.rewind_point(self.lineage_id))
 
     def save_rewind_point(self, model_state: dict[str, torch.Tensor], *, step: int) -> None:
-        storage.save_torch(self.layout.rewind_point(self.lineage_id), {"model": model_state, "step": step})
+        self.store.save_torch(layout.rewind_point(self.lineage_id), {"model": model_state, "step": step})
 
     def load_rewind_point(self, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
         """The model state dict of the rewind point."""
-        path = self.layout.rewind_point(self.lineage_id)
-        if not path.exists():  # set aside as damaged; a rewind to init rebuilds it, not a rewind to a step
-            raise FileNotFoundError(f"lineage {self.lineage_id}: the rewind point {path} is missing; with "
-                                    "prune.rewind: step it comes from level 0, so remove L00 to train it again")
-        return storage.load_torch(path, map_location)["model"]
+        key = layout.rewind_point(self.lineage_id)
+        if not self.store.exists(key):  # set aside as damaged; a rewind to init rebuilds it, not one to a step
+            raise FileNotFoundError(f"lineage {self.lineage_id}: the rewind point {self.store.uri(key)} is missing; "
+                                    "with prune.rewind: step it comes from level 0, so remove L00 to train it again")
+        return self.store.load_torch(key, map_location)["model"]
 
     # -- the progress checkpoint -----------------------------------------------------------------
     def save_progress(self, progress: LevelProgress, *, model_state: dict[str, torch.Tensor], fused: bool,
                       precision: str) -> None:
         """Write the in-level resume point (replacing the previous one)."""
-        storage.save_torch(self.layout.progress(self.lineage_id), {
+        self.store.save_torch(layout.progress(self.lineage_id), {
             "level": progress.level, "epoch": progress.epoch, "step": progress.step,
             "train_losses": progress.train_losses, "wall_s": progress.wall_s, "model": model_state,
             "masks": progress.masks, "optimizer": progress.optimizer, "fused": fused, "precision": precision,
@@ -148,10 +145,10 @@ class LineageCheckpoints:
     def load_progress(self, level: int, map_location: str | torch.device = "cpu"
                       ) -> tuple[LevelProgress, dict[str, torch.Tensor]] | None:
         """(progress, model state dict) of the resume point of `level`; None if there is none."""
-        path = self.layout.progress(self.lineage_id)
-        if not path.exists():
+        key = layout.progress(self.lineage_id)
+        if not self.store.exists(key):
             return None
-        saved = storage.load_torch(path, map_location)
+        saved = self.store.load_torch(key, map_location)
         if saved["level"] != level:
             return None
         progress = LevelProgress(level, saved["masks"], saved["epoch"], saved["step"], list(saved["train_losses"]),
@@ -160,21 +157,16 @@ class LineageCheckpoints:
 
     # -- complete levels -------------------------------------------------------------------------
     def complete_levels(self) -> list[int]:
-        """Levels whose folder was renamed into place (and so is complete), ascending."""
-        if not self.root.is_dir():
-            return []
-        levels = []
-        for child in self.root.iterdir():
-            level = Layout.level_of(child.name)
-            if level is not None and child.is_dir() and self.is_complete(level):
-                levels.append(level)
-        return sorted(levels)
+        """Levels whose group of files is committed (and so complete), ascending."""
+        levels = [layout.level_of(name) for name in self.store.list_children(self.root)]
+        return sorted(level for level in levels if level is not None and self.is_complete(level))
 
-    def level_dir(self, level: int) -> Path:
-        return self.layout.level_dir(self.lineage_id, level)
+    def level_dir(self, level: int) -> str:
+        """The level folder's full location (a local path or a URI)."""
+        return self.store.uri(layout.level_dir(self.lineage_id, level))
 
     def is_complete(self, level: int) -> bool:
-        return (self.level_dir(level) / LEVEL_STATE_FILE).exists()
+        return self.store.is_committed(layout.level_dir(self.lineage_id, level))
 
     def verified_levels(self) -> list[int]:
         """Complete levels whose checkpoint can be trusted: `state.pt` has the sha256 recorded
@@ -182,69 +174,75 @@ class LineageCheckpoints:
         return [level for level in self.complete_levels() if self._verified(level)]
 
     def set_aside_damaged(self) -> list[str]:
-        """Rename (`<name>.corrupt`) every checkpoint of the lineage that cannot be trusted, so that
-        it is computed again instead of loaded: a level failing `verified_levels`, a progress
-        checkpoint or rewind point that does not load. Call it under `lock()`. Returns what was
-        set aside."""
-        damaged = [self.level_dir(level) for level in self.complete_levels() if not self._verified(level)]
-        for path in (self.layout.progress(self.lineage_id), self.layout.rewind_point(self.lineage_id)):
-            if path.exists() and not _loads(path):
-                damaged.append(path)
-        return [f"{path} -> {storage.set_aside(path).name}" for path in damaged]
+        """Move aside (`<name>.corrupt`) every checkpoint of the lineage that cannot be trusted,
+        so that it is computed again instead of loaded: a level failing `verified_levels`, a
+        progress checkpoint or rewind point that does not load. Call it under `lock()`. Returns
+        what was set aside."""
+        damaged = [layout.level_dir(self.lineage_id, level) for level in self.complete_levels()
+                   if not self._verified(level)]
+        for key in (layout.progress(self.lineage_id), layout.rewind_point(self.lineage_id)):
+            if self.store.exists(key) and not self._loads(key):
+                damaged.append(key)
+        return [f"{self.store.uri(key)} -> {self.store.set_aside(key).rsplit('/', 1)[-1]}" for key in damaged]
 
     def _verified(self, level: int) -> bool:
-        folder = self.level_dir(level)
+        folder = layout.level_dir(self.lineage_id, level)
         try:
-            recorded = storage.read_json(folder / LEVEL_METRICS_FILE).get("state_sha256")
+            recorded = self.store.read_json(f"{folder}/{LEVEL_METRICS_FILE}").get("state_sha256")
         except (OSError, ValueError):
             return False
         if recorded is None:
-            return _loads(folder / LEVEL_STATE_FILE)
-        return storage.sha256_file(folder / LEVEL_STATE_FILE) == recorded
+            return self._loads(f"{folder}/{LEVEL_STATE_FILE}")
+        try:
+            return self.store.sha256(f"{folder}/{LEVEL_STATE_FILE}") == recorded
+        except OSError:
+            return False
+
+    def _loads(self, key: str) -> bool:
+        """Whether a checkpoint file loads (and matches the digest stored with it): a failure of
+        any kind means it cannot be trusted."""
+        try:
+            self.store.load_torch(key)
+        except Exception:
+            return False
+        return True
 
     def load_level(self, level: int, map_location: str | torch.device = "cpu") -> LevelCheckpoint:
         return load_checkpoint(self.level_dir(level), map_location)
 
     def read_record(self, level: int) -> LevelRecord:
-        stored = storage.read_json(self.level_dir(level) / LEVEL_METRICS_FILE)
+        stored = self.store.read_json(f"{layout.level_dir(self.lineage_id, level)}/{LEVEL_METRICS_FILE}")
         layers = tuple(LayerSparsity(d["layer"], d["n_params"], d["n_zero"]) for d in stored["layers"])
         return LevelRecord(stored["metrics"], layers, stored.get("precision"))
 
     def save_level(self, progress: LevelProgress, *, model_state: dict[str, torch.Tensor], fused: bool,
-                   record: LevelRecord) -> Path:
-        """Commit a trained level (`progress` at its end) as one folder; returns its path."""
-        path = self.level_dir(progress.level)
-        spec = self.stored_spec()
-
-        def fill(folder: Path) -> None:
-            buffer = io.BytesIO()
-            torch.save({
-                "model": model_state, "masks": progress.masks, "optimizer": progress.optimizer,
-                "progress": {"level": progress.level, "epoch": progress.epoch, "step": progress.step},
-                "fused": fused, "precision": record.precision, "rng": torch.get_rng_state(),
-            }, buffer)
-            (folder / LEVEL_STATE_FILE).write_bytes(buffer.getvalue())
-            layers = [{"layer": l.layer, "n_params": l.n_params, "n_zero": l.n_zero} for l in record.layers]
-            storage.write_json(folder / LEVEL_METRICS_FILE, {
-                "metrics": record.metrics, "layers": layers, "precision": record.precision,
-                "state_sha256": hashlib.sha256(buffer.getvalue()).hexdigest(),
-            })
-            storage.write_json(folder / SPEC_FILE, spec)
-
-        storage.commit_dir(path, fill)
-        return path
+                   record: LevelRecord) -> str:
+        """Commit a trained level (`progress` at its end) as one group of files; returns its folder."""
+        state = torch_bytes({
+            "model": model_state, "masks": progress.masks, "optimizer": progress.optimizer,
+            "progress": {"level": progress.level, "epoch": progress.epoch, "step": progress.step},
+            "fused": fused, "precision": record.precision, "rng": torch.get_rng_state(),
+        })
+        layers = [{"layer": l.layer, "n_params": l.n_params, "n_zero": l.n_zero} for l in record.layers]
+        metrics = {"metrics": record.metrics, "layers": layers, "precision": record.precision,
+                   "state_sha256": hashlib.sha256(state).hexdigest()}
+        self.store.commit_group(layout.level_dir(self.lineage_id, progress.level), {
+            LEVEL_STATE_FILE: state, LEVEL_METRICS_FILE: json_bytes(metrics),
+            SPEC_FILE: json_bytes(self.stored_spec()),
+        })
+        return self.level_dir(progress.level)
 
     # -- the stopping record ---------------------------------------------------------------------
     def stopped_level(self) -> int | None:
         """The level where the lineage's stopping rule ended it (None: not stopped by its rule)."""
-        path = self.layout.stopped(self.lineage_id)
-        return int(storage.read_json(path)["level"]) if path.exists() else None
+        key = layout.stopped(self.lineage_id)
+        return int(self.store.read_json(key)["level"]) if self.store.exists(key) else None
 
     def record_stop(self, level: int, *, connected_fraction: float) -> None:
         """Record (once) that the stopping rule ended the lineage at `level`."""
-        path = self.layout.stopped(self.lineage_id)
-        if not path.exists():
-            storage.write_json(path, {"level": level, "connected_fraction": connected_fraction})
+        key = layout.stopped(self.lineage_id)
+        if not self.store.exists(key):
+            self.store.write_json(key, {"level": level, "connected_fraction": connected_fraction})
 
     # -- the training mode -----------------------------------------------------------------------
     def trained_mode(self) -> bool | None:
@@ -268,38 +266,27 @@ class LineageCheckpoints:
                              f"with {precision!r}: a lineage resumes in the precision it started in "
                              f"(set precision: {was})")
 
-    def _recorded(self) -> dict[Path, dict[str, Any]]:
+    def _recorded(self) -> dict[str, dict[str, Any]]:
         """What each checkpoint (levels and the progress checkpoint) records of how it was
         trained: `fused` (a progress checkpoint without the key was written unfused, before
         progress checkpoints recorded it) and `precision` ("fp32"/"bf16"; None where a
         checkpoint predates the record)."""
         out = {}
-        for path in self._state_files():
-            state = storage.load_torch(path)
-            out[path] = {"fused": bool(state.get("fused", False)), "precision": state.get("precision")}
+        for key in self._state_files():
+            state = self.store.load_torch(key)
+            out[self.store.uri(key)] = {"fused": bool(state.get("fused", False)), "precision": state.get("precision")}
         return out
 
-    def _state_files(self) -> Iterator[Path]:
+    def _state_files(self) -> Iterator[str]:
         for level in self.complete_levels():
-            yield self.level_dir(level) / LEVEL_STATE_FILE
-        progress = self.layout.progress(self.lineage_id)
-        if progress.exists():
-            yield progress
+            yield f"{layout.level_dir(self.lineage_id, level)}/{LEVEL_STATE_FILE}"
+        if self.store.exists(layout.progress(self.lineage_id)):
+            yield layout.progress(self.lineage_id)
 
-    def _agreed(self, recorded: dict[Path, dict[str, Any]], key: str) -> Any:
+    def _agreed(self, recorded: dict[str, dict[str, Any]], key: str) -> Any:
         """The one value of `key` the checkpoints record (None: no checkpoint or no record)."""
         values = {path: rec[key] for path, rec in recorded.items() if rec[key] is not None}
         if len(set(values.values())) > 1:
             raise ValueError(f"lineage {self.lineage_id} has checkpoints of different {key}: "
                              + ", ".join(f"{path} {key}: {value}" for path, value in values.items()))
         return next(iter(values.values()), None)
-
-
-def _loads(path: Path) -> bool:
-    """Whether a checkpoint file loads (and matches the digest `storage.save_torch` wrote with it):
-    a failure of any kind means it cannot be trusted."""
-    try:
-        storage.load_torch(path)
-    except Exception:
-        return False
-    return True

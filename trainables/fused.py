@@ -36,6 +36,7 @@ from trainables.loop import autocast, make_optimizer, resolve_precision
 from trainables.schedules import LevelPlan, level_plans
 from trainables.specs import RUNTIME_FIELDS, LineageSpec
 from trainables.stacked import StackedModel, StackedOptimizer, structure_of
+from trainables.storage import Store, as_store
 
 __all__ = ["check_bundle", "run_bundle"]
 
@@ -43,7 +44,7 @@ __all__ = ["check_bundle", "run_bundle"]
 def run_bundle(
     specs: Sequence[LineageSpec],
     *,
-    workdir: str | os.PathLike,
+    workdir: str | os.PathLike | Store,
     device: str | torch.device = "cpu",
     on_level: Callable[[LevelResult], None] | None = None,
     on_epoch: Callable[[int, int], None] | None = None,
@@ -61,6 +62,7 @@ def run_bundle(
     specs = list(specs)
     check_bundle(specs)
     device = resolve_device(device)
+    workdir = as_store(workdir)  # one for every read and write of the bundle
     stores = [LineageCheckpoints(workdir, lineage_id(s)) for s in specs]
     with contextlib.ExitStack() as locks:
         for store in sorted(stores, key=lambda c: c.lineage_id):  # one global order: no deadlock
@@ -131,7 +133,7 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _make_runs(specs: list[LineageSpec], workdir: str | os.PathLike, device: torch.device) -> list[LineageRun]:
+def _make_runs(specs: list[LineageSpec], workdir: Store, device: torch.device) -> list[LineageRun]:
     runs = []
     for spec in specs:
         run = LineageRun(spec, workdir=workdir, device=device, fused=True)

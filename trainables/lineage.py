@@ -19,6 +19,7 @@ from trainables.lineage_run import LevelResult, LineageRun, resolve_device, warn
 from trainables.loop import make_optimizer, resolve_precision, train_epoch
 from trainables.schedules import LevelPlan, level_plans
 from trainables.specs import LineageSpec
+from trainables.storage import Store, as_store
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class LineageResult:
 def run_lineage(
     spec: LineageSpec,
     *,
-    workdir: str | os.PathLike,
+    workdir: str | os.PathLike | Store,
     device: str | torch.device = "cpu",
     on_level: Callable[[LevelResult], None] | None = None,
     on_epoch: Callable[[int, int], None] | None = None,
@@ -46,13 +47,14 @@ def run_lineage(
     turns on a file lock: the second one reads back what the first computed.
     """
     device = resolve_device(device)
-    checkpoints = LineageCheckpoints(workdir, lineage_id(spec))
+    store = as_store(workdir)  # one for the lineage's every read and write
+    checkpoints = LineageCheckpoints(store, lineage_id(spec))
     results = []
     with checkpoints.lock():
         checkpoints.remove_temporaries()  # half-written files of a killed run
         warn_set_aside(checkpoints)
         checkpoints.check_mode(fused=False, precision=resolve_precision(spec.precision, device))
-        run = LineageRun(spec, workdir=workdir, device=device)
+        run = LineageRun(spec, workdir=store, device=device)
         for plan in level_plans(spec, run.steps_per_epoch):
             result = run.read_back(plan.level) if plan.level in run.done else _train_level(run, plan, on_epoch)
             results.append(result)

@@ -13,7 +13,6 @@ import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +27,7 @@ from trainables.models import build_model
 from trainables.schedules import LevelPlan, level_masks
 from trainables.specs import LineageSpec
 from trainables.stacked import own_state
+from trainables.storage import Store
 
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
 
@@ -37,7 +37,7 @@ class LevelResult:
     lineage_id: str
     level: int
     checkpoint_id: str
-    checkpoint_dir: Path
+    checkpoint_dir: str  # the level folder: a local path or an object-store URI
     metrics: dict[str, float]  # sparsity, sparsity_all, test_acc, test_loss, train_loss, epochs, wall_s
     layers: tuple[LayerSparsity, ...]
     resumed: bool  # read back from disk rather than trained by this call
@@ -69,7 +69,7 @@ def connected_fractions(masks: Masks) -> dict[str, float]:
     return {name: float(m.flatten(1).any(1).float().mean()) for name, m in masks.items() if m.ndim >= 2}
 
 
-def final_level(workdir: str | os.PathLike, spec: LineageSpec) -> int:
+def final_level(workdir: str | os.PathLike | Store, spec: LineageSpec) -> int:
     """The last level of a lineage: its planned last, or where its stopping rule ended it."""
     stopped = LineageCheckpoints(workdir, lineage_id(spec)).stopped_level()
     return spec.prune.n_levels if stopped is None else stopped
@@ -80,7 +80,7 @@ class LineageRun:
     `run_bundle` (`fused=True`: the model trains as a slice of a stack; its checkpoints say
     `"fused": True`, and it is never compiled)."""
 
-    def __init__(self, spec: LineageSpec, *, workdir: str | os.PathLike, device: torch.device,
+    def __init__(self, spec: LineageSpec, *, workdir: str | os.PathLike | Store, device: torch.device,
                  fused: bool = False):
         self.spec, self.device, self.fused = spec, device, fused
         self.precision = resolve_precision(spec.precision, device)

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from trainables.ids import config_id, lineage_id
 from trainables.specs import RUNTIME_FIELDS, LineageSpec
+from trainables.storage import local_folder
 
 TAG = "impsweep."
 KIND_LINEAGE, KIND_LEVEL = "lineage", "level"
@@ -191,7 +192,8 @@ def log_level(client: MlflowClient, result, *, ref: TrackingRef, tags: Mapping[s
     now = int(time.time() * 1000)
     metrics = [Metric(k, float(result.metrics[k]), now, 0) for k in LEVEL_METRICS]
     client.log_batch(run_id, metrics=metrics)
-    client.log_artifacts(run_id, str(result.checkpoint_dir), artifact_path="checkpoint")
+    with local_folder(result.checkpoint_dir) as folder:
+        client.log_artifacts(run_id, str(folder), artifact_path="checkpoint")
     # The parent's metrics use the level as step, so the UI charts accuracy against level.
     client.log_batch(ref.parent_run_id, metrics=[Metric(k, float(result.metrics[k]), now, result.level)
                                                  for k in LEVEL_METRICS])

@@ -5,7 +5,15 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
+import boto3
 import psutil
 import pytest
 from mlflow.tracking import MlflowClient
@@ -81,3 +89,56 @@ def is_loopback(address: str) -> bool:
     """127.0.0.0/8 or ::1, also as an IPv4-mapped IPv6 address (::ffff:127.0.0.1)."""
     ip = ipaddress.ip_address(address.split("%")[0])
     return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback
+
+
+MOTO_SERVER = str(Path(sys.executable).with_name("moto_server"))  # moto[server], a dev dependency
+BUCKET = "impsweep-test"
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory) -> Iterator[str]:
+    """A moto server (an S3-compatible server) on 127.0.0.1, shared by the session's tests: the
+    environment pointing boto3, pyarrow and polars at it, and the bucket BUCKET (tests use
+    prefixes of their own)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
+    server = subprocess.Popen([MOTO_SERVER, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
+    with pytest.MonkeyPatch.context() as env:
+        try:
+            _wait_until_it_answers(endpoint, server)
+            for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+                env.delenv(name, raising=False)
+            env.setenv("AWS_CONFIG_FILE", "/nonexistent")  # no profile of the machine's user
+            env.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            env.setenv("AWS_ACCESS_KEY_ID", "test")
+            env.setenv("AWS_SECRET_ACCESS_KEY", "test")
+            env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+            env.setenv("AWS_ENDPOINT_URL", endpoint)
+            boto3.session.Session().client("s3").create_bucket(Bucket=BUCKET)
+            yield endpoint
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+            log.close()
+
+
+def _wait_until_it_answers(endpoint: str, server: subprocess.Popen, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s  # slow to start when the machine is busy
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"moto_server exited with {server.returncode}")
+        try:
+            urllib.request.urlopen(endpoint, timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return  # any HTTP answer means it serves
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"moto_server at {endpoint} did not answer within {timeout_s} s")

@@ -21,7 +21,7 @@ from tests.integration.conftest import (
     final_metrics, is_loopback, listening_sockets, mlflow_runs, reference_metrics, tiny_sweep,
 )
 from trainables.checkpoints import LineageCheckpoints
-from trainables.layout import Layout
+from trainables import layout
 from trainables.tracking import KIND_LEVEL, KIND_LINEAGE, search_all, tag_filter
 
 pytestmark = pytest.mark.integration
@@ -56,7 +56,7 @@ def test_driver_killed_mid_sweep_then_resumed(tmp_path, ray_shutdown):
             except psutil.NoSuchProcess:
                 pass
     sweep = load_sweep(path)
-    assert 1 <= _levels_done(sweep.workdir_path) < 6
+    assert 1 <= _levels_done(Path(sweep.workdir)) < 6
     assert any(p.state != "done" for p in plan_sweep(sweep))
     outcome = run_sweep(sweep, echo=lambda _: None)
     assert outcome.failed == () and all(p.state == "done" for p in plan_sweep(sweep))
@@ -80,7 +80,7 @@ def test_worker_node_lost_mid_sweep(tmp_path, ray_shutdown):
 
         def remove_a_worker() -> None:
             deadline = time.monotonic() + 300
-            while _levels_done(sweep.workdir_path) < 1 and time.monotonic() < deadline:
+            while _levels_done(Path(sweep.workdir)) < 1 and time.monotonic() < deadline:
                 time.sleep(0.05)
             cluster.remove_node(workers[0], allow_graceful=False)
             removed.append(workers[0])
@@ -179,7 +179,7 @@ def test_search_driver_killed_then_resumed_ends_with_num_samples_lineages(tmp_pa
     client = MlflowClient(sweep.resolved_tracking_uri)
     before = _lineage_levels(workdir)
     assert any(n < SEARCH_LEVELS for n in before.values()), before
-    checkpoints = {(lid, level): Layout(workdir).level_dir(lid, level).joinpath("state.pt").stat().st_mtime_ns
+    checkpoints = {(lid, level): workdir / layout.level_dir(lid, level).joinpath("state.pt").stat().st_mtime_ns
                    for lid, n in before.items() for level in LineageCheckpoints(workdir, lid).complete_levels()}
     finished_runs = _finished_level_runs(client)
 
@@ -212,7 +212,7 @@ def test_search_driver_killed_then_resumed_ends_with_num_samples_lineages(tmp_pa
     assert all(r.info.status == "FINISHED" for r in parents + levels)
     assert all(p.state == "done" for p in plan_sweep(sweep)) and len(plan_sweep(sweep)) == SEARCH["num_samples"]
     # Nothing finished before the kill was computed or logged again.
-    assert {key: Layout(workdir).level_dir(*key).joinpath("state.pt").stat().st_mtime_ns for key in checkpoints} == checkpoints
+    assert {key: workdir / layout.level_dir(*key).joinpath("state.pt").stat().st_mtime_ns for key in checkpoints} == checkpoints
     assert {cid: run for cid, run in _finished_level_runs(client).items() if cid in finished_runs} == finished_runs
 
 
@@ -261,7 +261,7 @@ def _run_twice_at_once(command: list[str], *, workdir: Path, lineage: str,
     trials of the lineage wait for it (or 240 s pass), so that both start before either has
     logged one of its levels. Returns the exit codes and how many trials waited."""
     drivers, family = [], {}
-    lock = Layout(workdir).lineage_lock(lineage)
+    lock = workdir / layout.lineage_lock(lineage)
     try:
         with LineageCheckpoints(workdir, lineage).lock():
             for log in logs:

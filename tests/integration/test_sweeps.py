@@ -8,6 +8,7 @@ import shutil
 import signal
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -66,7 +67,7 @@ def test_long_levels_report_epochs_and_a_search_still_sees_levels(tmp_path, ray_
     outcome = run_sweep(sweep, echo=lines.append)
     assert outcome.failed == () and outcome.n_lineages == 3
     assert any("[3/3 done" in line for line in lines)
-    trials = [p for p in (sweep.workdir_path / "ray" / "epochs").iterdir() if p.is_dir()]
+    trials = [p for p in (Path(sweep.workdir) / "ray" / "epochs").iterdir() if p.is_dir()]
     assert len(trials) == 3  # exactly num_samples lineages
     for trial in trials:
         results = _tune_results(trial)
@@ -115,7 +116,7 @@ def test_asha_stops_are_recorded_and_a_restarted_search_keeps_them(tmp_path, ray
                    for line in lines)
     levels = {p.lineage_id: LineageCheckpoints(sweep.workdir, p.lineage_id).complete_levels() for p in plans}
     runs_before = sorted(r.info.run_id for r in mlflow_runs(sweep.resolved_tracking_uri))
-    shutil.rmtree(sweep.workdir_path / "ray" / "asha")  # no Tune state: rebuilt from the plan
+    shutil.rmtree(Path(sweep.workdir) / "ray" / "asha")  # no Tune state: rebuilt from the plan
     outcome = run_sweep(sweep, echo=lambda _: None)
     assert (outcome.n_lineages, outcome.ran) == (4, 0)
     assert {p.lineage_id: LineageCheckpoints(sweep.workdir, p.lineage_id).complete_levels() for p in plan_sweep(sweep)} == levels
@@ -187,7 +188,7 @@ def _kill_a_trial_once(workdir, killed: list) -> None:
 def test_killed_trial_is_retried_and_ends_as_if_undisturbed(tmp_path, ray_shutdown):
     sweep = load_sweep(tiny_sweep(tmp_path / "cut", train={"lr": 0.05, "batch_size": 128, "epochs": 6}))
     killed: list[int] = []
-    killer = threading.Thread(target=_kill_a_trial_once, args=(sweep.workdir_path, killed), daemon=True)
+    killer = threading.Thread(target=_kill_a_trial_once, args=(Path(sweep.workdir), killed), daemon=True)
     killer.start()
     outcome = run_sweep(sweep, echo=lambda _: None)
     killer.join(timeout=1)
@@ -261,12 +262,12 @@ def test_fused_bundle_keeps_per_lineage_records(tmp_path, ray_shutdown):
     assert all(p.state == "done" for p in plans)
     for plan in plans:
         for level in range(3):
-            stored = load_checkpoint(sweep.workdir_path / "lineages" / plan.lineage_id / f"L{level:02d}")
+            stored = load_checkpoint(Path(sweep.workdir) / "lineages" / plan.lineage_id / f"L{level:02d}")
             assert stored.fused
-    trial_dirs = {p.name for p in (sweep.workdir_path / "ray" / "fused").iterdir() if p.is_dir()}
+    trial_dirs = {p.name for p in (Path(sweep.workdir) / "ray" / "fused").iterdir() if p.is_dir()}
     assert f"{plans[0].lineage_id}-x2" in trial_dirs  # one Ray trial for the bundle
     # every lineage of the bundle reports its long levels' epochs, and its levels, in order
-    results = _tune_results(sweep.workdir_path / "ray" / "fused" / f"{plans[0].lineage_id}-x2")
+    results = _tune_results(Path(sweep.workdir) / "ray" / "fused" / f"{plans[0].lineage_id}-x2")
     for plan in plans:
         mine = [r for r in results if r["lineage_id"] == plan.lineage_id]
         assert [(r["kind"], r.get("training_level", r["level"])) for r in mine] == [

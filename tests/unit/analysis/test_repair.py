@@ -7,9 +7,9 @@ import polars as pl
 from analysis.extract import products
 from analysis.repair import retry_unreadable, set_aside_garbled_tables
 from analysis.specs import AnalysisSpec
-from analysis.tables import scan_tables, to_arrow, write_parquet_atomic
-from trainables import storage
-from trainables.layout import Layout
+from analysis.tables import scan_tables, to_arrow, write_table
+from trainables import layout
+from trainables.storage import LocalStore
 
 
 def _row(a: str, b: str, status: str = "ok", aid: str = "a1") -> dict:
@@ -19,14 +19,14 @@ def _row(a: str, b: str, status: str = "ok", aid: str = "a1") -> dict:
 
 
 def test_garbled_table_files_are_named_and_set_aside(tmp_path):
-    layout = Layout(tmp_path)
-    write_parquet_atomic(to_arrow([{"sweep": "s", "lineage_id": "cA-s0"}], "sweep_lineages"),
-                         layout.catalog_table_file("sweep_lineages"))
+    store = LocalStore(tmp_path)
+    write_table(store, layout.catalog_table_file("sweep_lineages"),
+                to_arrow([{"sweep": "s", "lineage_id": "cA-s0"}], "sweep_lineages"))
     good = layout.similarity_file("pwcca", analysis_id="a1", tile_id="t1")
-    write_parquet_atomic(to_arrow([_row("cA-s0/L00", "cA-s0/L01")], "similarity"), good)
-    truncated = layout.similarity_file("pwcca", analysis_id="a1", tile_id="t2")
+    write_table(store, good, to_arrow([_row("cA-s0/L00", "cA-s0/L01")], "similarity"))
+    good, truncated = tmp_path / good, tmp_path / layout.similarity_file("pwcca", analysis_id="a1", tile_id="t2")
     truncated.write_bytes(good.read_bytes()[:-20])
-    garbage = layout.catalog_table_file("levels")
+    garbage = tmp_path / layout.catalog_table_file("levels")
     garbage.parent.mkdir(parents=True)
     garbage.write_bytes(b"PAR1 garbage")
     lines = set_aside_garbled_tables(tmp_path)
@@ -38,18 +38,19 @@ def test_garbled_table_files_are_named_and_set_aside(tmp_path):
 
 
 def test_tiles_with_unreadable_activations_are_dropped_with_those_manifests(tmp_path):
-    layout, spec = Layout(tmp_path), AnalysisSpec(measures=("pwcca",))
-    kept = layout.similarity_file("pwcca", analysis_id="a1", tile_id="t1")
-    dropped = layout.similarity_file("pwcca", analysis_id="a1", tile_id="t2")
-    other = layout.similarity_file("pwcca", analysis_id="a2", tile_id="t3")  # another analysis: its own
-    write_parquet_atomic(to_arrow([_row("cA-s0/L00", "cA-s0/L00")], "similarity"), kept)
-    write_parquet_atomic(to_arrow([_row("cA-s0/L00", "cA-s0/L01"), _row("cA-s0/L00", "cA-s0/L02", "unreadable")],
-                                  "similarity"), dropped)
-    write_parquet_atomic(to_arrow([_row("cB-s0/L00", "cB-s0/L01", "unreadable", aid="a2")], "similarity"), other)
-    manifests = {cid: products(tmp_path, spec=spec, checkpoint_id=cid).manifest
+    store, spec = LocalStore(tmp_path), AnalysisSpec(measures=("pwcca",))
+    kept, dropped, other = (layout.similarity_file("pwcca", analysis_id=aid, tile_id=t)  # other: another analysis's
+                            for aid, t in (("a1", "t1"), ("a1", "t2"), ("a2", "t3")))
+    write_table(store, kept, to_arrow([_row("cA-s0/L00", "cA-s0/L00")], "similarity"))
+    write_table(store, dropped, to_arrow([_row("cA-s0/L00", "cA-s0/L01"),
+                                          _row("cA-s0/L00", "cA-s0/L02", "unreadable")], "similarity"))
+    write_table(store, other, to_arrow([_row("cB-s0/L00", "cB-s0/L01", "unreadable", aid="a2")], "similarity"))
+    kept, dropped, other = (tmp_path / key for key in (kept, dropped, other))
+    manifests = {cid: tmp_path / products(tmp_path, spec=spec, checkpoint_id=cid).manifest
                  for cid in ("cA-s0/L00", "cA-s0/L01", "cA-s0/L02", "cB-s0/L00")}
     for path in manifests.values():
-        storage.write_json(path, [])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("[]")
     lines = retry_unreadable(tmp_path, spec=spec, analysis_id="a1")
     assert [line.split(":")[0] for line in lines] == ["checkpoint cA-s0/L00", "checkpoint cA-s0/L02"]
     assert kept.exists() and other.exists() and not dropped.exists()

@@ -5,19 +5,29 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from analysis.report import write_report
-from analysis.tables import to_arrow, write_parquet_atomic
-from trainables.layout import Layout
+from analysis.tables import to_arrow
+from trainables import layout
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SPARSITY = [0.0, 0.2, 0.36]
 LAYERS = ["fc1", "fc2"]
 
 
+def _report(workdir: Path, sweep: str, **options) -> Path:
+    return Path(write_report(workdir, sweep, **options))
+
+
+def _write_parquet(table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+
+
 def _write(workdir: Path, name: str, rows: list[dict]) -> None:
-    write_parquet_atomic(to_arrow(rows, name), Layout(workdir).catalog_table_file(name))
+    _write_parquet(to_arrow(rows, name), workdir / layout.catalog_table_file(name))
 
 
 def _sim_row(a: str, b: str, a_layer: str, b_layer: str, value: float) -> dict:
@@ -45,15 +55,15 @@ def _workdir(tmp_path: Path, *, model: str = "lenet_300_100", similarity: bool =
         rows = [_sim_row(f"{lid}/L00", f"{lid}/L{lv:02d}", layer, layer, 1 - lv / 10)
                 for lid, _, _ in lineages for lv in range(3) for layer in LAYERS]
         rows += [_sim_row("cA-s0/L00", "cA-s0/L02", a, b, 0.4) for a in LAYERS for b in LAYERS if a != b]
-        write_parquet_atomic(to_arrow(rows, "similarity"), Layout(workdir).similarity_dir("linear_cka") / "part-0.parquet")
+        _write_parquet(to_arrow(rows, "similarity"), workdir / layout.similarity_dir("linear_cka") / "part-0.parquet")
     if displacements:  # one file per checkpoint, as the extractor writes them
         for lid, _, _ in lineages:
             for lv in range(3):
                 cid = f"{lid}/L{lv:02d}"
                 rows = [{"checkpoint_id": cid, "layer": "fc1", "distance": float(d), "same_channel": 20 - 4 * d + lv,
                          "cross_channel": 0} for d in range(1, 5)]
-                write_parquet_atomic(to_arrow(rows, "displacements"),
-                                     Layout(workdir).table_dir("displacements") / f"part-{lid}-{lv}.parquet")
+                _write_parquet(to_arrow(rows, "displacements"),
+                                     workdir / layout.table_dir("displacements") / f"part-{lid}-{lv}.parquet")
     return workdir
 
 
@@ -63,7 +73,7 @@ def _pngs(folder: Path) -> list[str]:
 
 def test_report_writes_index_and_valid_pngs_restricted_to_the_sweep(tmp_path):
     workdir = _workdir(tmp_path)
-    index = write_report(workdir, "s1")
+    index = _report(workdir, "s1")
     assert index == workdir / "reports" / "s1" / "index.html"
     assert _pngs(index.parent) == ["accuracy_vs_sparsity.png", "heatmap_linear_cka_1.png",
                                    "similarity_vs_sparsity_linear_cka.png"]
@@ -78,7 +88,7 @@ def test_report_writes_index_and_valid_pngs_restricted_to_the_sweep(tmp_path):
 
 def test_absent_tables_leave_their_sections_out_with_a_note(tmp_path):
     workdir = _workdir(tmp_path, similarity=False)
-    page = write_report(workdir, "s1").read_text()
+    page = _report(workdir, "s1").read_text()
     assert "No similarity table for this sweep" in page
     assert "No neurons table (PSP-entropy)" in page
     assert "No receptive_fields table (locality)" in page
@@ -89,30 +99,30 @@ def test_absent_tables_leave_their_sections_out_with_a_note(tmp_path):
 
 def test_displacement_histograms_are_drawn_from_the_displacements_table(tmp_path):
     workdir = _workdir(tmp_path, similarity=False, displacements=True)
-    index = write_report(workdir, "s1")
+    index = _report(workdir, "s1")
     assert "displacement_histograms.png" in _pngs(index.parent)
     assert (index.parent / "displacement_histograms.png").read_bytes()[:8] == PNG_MAGIC
     page = index.read_text()
     assert 'src="displacement_histograms.png"' in page and "No displacements table" not in page
     empty = _workdir(tmp_path / "empty", similarity=False)
-    Layout(empty).table_dir("displacements").mkdir(parents=True)
-    write_parquet_atomic(to_arrow([], "displacements"), Layout(empty).table_dir("displacements") / "part-0.parquet")
-    page = write_report(empty, "s1").read_text()
+    (empty / layout.table_dir("displacements")).mkdir(parents=True)
+    _write_parquet(to_arrow([], "displacements"), empty / layout.table_dir("displacements") / "part-0.parquet")
+    page = _report(empty, "s1").read_text()
     assert "No displacements table" in page and "displacement_histograms.png" not in page
 
 
 def test_strings_from_the_tables_are_escaped(tmp_path):
     workdir = _workdir(tmp_path, model="<b>net</b>&co", similarity=False)
-    page = write_report(workdir, "s1").read_text()
+    page = _report(workdir, "s1").read_text()
     assert "<b>net" not in page and "&lt;b&gt;net&lt;/b&gt;&amp;co" in page
 
 
 def test_a_second_report_replaces_the_first_without_leftovers(tmp_path):
     workdir = _workdir(tmp_path, similarity=False)
     out = tmp_path / "out" / "rep"
-    write_report(workdir, "s1", out_dir=out)
+    _report(workdir, "s1", out_dir=out)
     (out / "stale.png").write_bytes(PNG_MAGIC)
-    index = write_report(workdir, "s1", out_dir=out)
+    index = _report(workdir, "s1", out_dir=out)
     assert index == out / "index.html"
     assert _pngs(out) == ["accuracy_vs_sparsity.png"]  # a file of the old report is gone
     assert sorted(p.name for p in out.parent.iterdir()) == [".rep.lock", "rep"]  # no temporaries left
@@ -127,13 +137,13 @@ def test_what_a_killed_report_left_is_removed_by_the_next_one(tmp_path):
     for name in (".rep.x1y2.tmp", ".rep.z3.tmp.old", ".other.k9.tmp"):
         (out.parent / name).mkdir(parents=True)
         (out.parent / name / "index.html").write_text("half")
-    write_report(workdir, "s1", out_dir=out)
+    _report(workdir, "s1", out_dir=out)
     assert sorted(p.name for p in out.parent.iterdir()) == [".other.k9.tmp", ".rep.lock", "rep"]
 
 
 def test_unknown_sweep_is_a_value_error_naming_the_known_ones(tmp_path):
     with pytest.raises(ValueError, match=r"'nope'.*\['s1', 's2'\]"):
-        write_report(_workdir(tmp_path), "nope")
+        _report(_workdir(tmp_path), "nope")
 
 
 def test_receptive_field_images_come_from_the_checkpoints(tmp_path):
@@ -151,7 +161,7 @@ def test_receptive_field_images_come_from_the_checkpoints(tmp_path):
         torch.save({"model": model.state_dict(), "masks": masks, "progress": {"level": lv}}, level / "state.pt")
         (level / "metrics.json").write_text("{}")
     workdir = _workdir(tmp_path, checkpoint_root=root, similarity=False)
-    page = write_report(workdir, "s1").read_text()
+    page = _report(workdir, "s1").read_text()
     assert "receptive_fields_1.png" in page and "no receptive-field images" not in page
     assert (workdir / "reports" / "s1" / "receptive_fields_1.png").read_bytes()[:8] == PNG_MAGIC
 
@@ -169,7 +179,7 @@ def test_pngs_are_logged_once_to_each_lineage_parent_run(tmp_path):
                                                    "impsweep.sweep.s2": "1"}).info.run_id
     workdir = _workdir(tmp_path, similarity=False, displacements=True)
     for _ in range(2):
-        write_report(workdir, "s1", tracking_uri=uri)
+        _report(workdir, "s1", tracking_uri=uri)
     logged = [a.path for a in client.list_artifacts(member, "report")]
     assert logged == ["report/accuracy_vs_sparsity.png", "report/displacement_histograms.png"]
     assert client.list_artifacts(outsider) == []

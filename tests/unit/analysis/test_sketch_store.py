@@ -15,7 +15,7 @@ from analysis.similarity import pairwise, sketch_spec
 from analysis.sketch_store import SketchStore
 from analysis.specs import AnalysisSpec
 from analysis.tile_writer import TileWriter, tile_jobs
-from trainables.layout import Layout
+from trainables import layout
 
 N = 48
 SHAPES = {"fc1": (N, 8), "conv": (N, 3, 4, 4)}
@@ -33,10 +33,10 @@ def _workdir(tmp_path: Path) -> tuple[Path, list[Rep]]:
             cid = f"{lid}/L{level:02d}"
             for layer, shape in SHAPES.items():
                 x = np.maximum(base[layer] + 0.5 * (level + s) * rng.standard_normal(shape), 0).astype(np.float32)
-                path = workdir / "analysis" / "activations" / "pX" / cid / f"{layer}.npy"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                np.save(path, x)
-                reps.append(Rep(cid, layer, lid, "cA", level, "g", str(path)))
+                key = layout.activation_file("pX", cid, layer=layer)  # as the manifests store it
+                (workdir / key).parent.mkdir(parents=True, exist_ok=True)
+                np.save(workdir / key, x)
+                reps.append(Rep(cid, layer, lid, "cA", level, "g", key))
     return workdir, reps
 
 
@@ -48,7 +48,7 @@ def _run(workdir: Path, reps: list[Rep], measure: str, *, scope: str = "lineage"
     jobs = tile_jobs(pairs, pairs, measure=measure, spec=spec, workdir=workdir)
     out = writer({"job": np.array([job.to_json() for job in jobs])})
     assert sum(out["rows"]) == len(pairs)
-    frame = pl.read_parquet(Layout(workdir).similarity_dir(measure) / "*.parquet")
+    frame = pl.read_parquet(workdir / layout.similarity_dir(measure) / "*.parquet")
     return writer, frame.sort("a_checkpoint_id", "a_layer", "b_checkpoint_id", "b_layer")
 
 
@@ -61,7 +61,7 @@ def _sketch_files(workdir: Path) -> dict[str, int]:
 def test_tile_rows_equal_pairwise(tmp_path, measure, scope):
     workdir, reps = _workdir(tmp_path)
     _, rows = _run(workdir, reps, measure, scope=scope)
-    paths = {(r.checkpoint_id, r.layer): r.path for r in reps}
+    paths = {(r.checkpoint_id, r.layer): workdir / r.path for r in reps}
     for row in rows.iter_rows(named=True):
         x = np.load(paths[(row["a_checkpoint_id"], row["a_layer"])])
         y = np.load(paths[(row["b_checkpoint_id"], row["b_layer"])])
@@ -74,17 +74,17 @@ def test_tile_rows_equal_pairwise(tmp_path, measure, scope):
 def test_a_second_run_recomputes_no_sketch_and_writes_identical_rows(tmp_path):
     workdir, reps = _workdir(tmp_path)
     first, rows = _run(workdir, reps, "pwcca")
-    assert first.store.computed == len(reps) == first.store.stored
+    assert first.sketches.computed == len(reps) == first.sketches.stored
     stored = _sketch_files(workdir)
     assert len(stored) == len(reps)
     shutil.rmtree(workdir / "tables")
     second, again = _run(workdir, reps, "pwcca")
-    assert second.store.computed == 0 and second.store.loaded == len(reps)
+    assert second.sketches.computed == 0 and second.sketches.loaded == len(reps)
     assert _sketch_files(workdir) == stored
     assert again.equals(rows)
     # Every CCA measure reads the same stored sketch.
     third, _ = _run(workdir, reps, "mean_cca")
-    assert third.store.computed == 0 and _sketch_files(workdir) == stored
+    assert third.sketches.computed == 0 and _sketch_files(workdir) == stored
 
 
 def test_a_corrupted_or_stale_sketch_is_recomputed(tmp_path):
@@ -93,11 +93,11 @@ def test_a_corrupted_or_stale_sketch_is_recomputed(tmp_path):
     files = sorted(_sketch_files(workdir))
     Path(files[0]).write_bytes(b"not a sketch")
     Path(files[1]).write_bytes(Path(files[1]).read_bytes()[:100])  # truncated
-    activation = Path(reps[-1].path)
+    activation = workdir / reps[-1].path
     os.utime(activation, ns=(activation.stat().st_atime_ns, activation.stat().st_mtime_ns + 10**9))
     shutil.rmtree(workdir / "tables")
     writer, again = _run(workdir, reps, "nbs", scope="all")
-    assert writer.store.computed == 3 and writer.store.loaded == len(reps) - 3
+    assert writer.sketches.computed == 3 and writer.sketches.loaded == len(reps) - 3
     assert again.equals(rows)
     fresh = SketchStore(workdir)
     for rep in reps:
@@ -112,11 +112,11 @@ def test_large_grams_stay_in_memory_and_the_rest_is_stored(tmp_path):
     gram = sketch_spec("linear_cka", SHAPES["fc1"], form="gram")
     store.get(rep.path, gram)
     store.get(rep.path, gram)
-    assert (store.computed, store.stored) == (1, 0) and not store.path(rep.path, gram).exists()
+    assert (store.computed, store.stored) == (1, 0) and not (workdir / store.path(rep.path, gram)).exists()
     features = sketch_spec("linear_cka", SHAPES["fc1"], form="features")
     store.get(rep.path, features)
-    assert store.stored == 1 and store.path(rep.path, features).exists()
-    assert store.path(rep.path, features).parent == workdir / "analysis" / "sketches" / "pX" / rep.checkpoint_id / "fc1"
+    assert store.stored == 1 and (workdir / store.path(rep.path, features)).exists()
+    assert (workdir / store.path(rep.path, features)).parent == workdir / "analysis" / "sketches" / "pX" / rep.checkpoint_id / "fc1"
 
 
 def test_the_memory_cache_is_bounded(tmp_path):

@@ -13,7 +13,7 @@ from analysis.pairs import Rep, pair_set
 from analysis.similarity import pairwise
 from analysis.specs import AnalysisSpec
 from analysis.tile_writer import TileWriter, tile_jobs
-from trainables.layout import Layout
+from trainables import layout
 
 N = 40
 
@@ -21,15 +21,14 @@ N = 40
 def _workdir(tmp_path: Path, levels: int = 3) -> tuple[Path, list[Rep]]:
     """One lineage, `levels` levels, one fc layer of 6 units; paths stored relative, as manifests do."""
     workdir = tmp_path / "w"
-    layout = Layout(workdir)
     rng = np.random.default_rng(0)
     reps = []
     for level in range(levels):
         cid = f"cA-s0/L{level:02d}"
-        path = layout.activation_file("pX", cid, layer="fc1")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, rng.standard_normal((N, 6)).astype(np.float32))
-        reps.append(Rep(cid, "fc1", "cA-s0", "cA", level, "g", layout.relative(path)))
+        key = layout.activation_file("pX", cid, layer="fc1")
+        (workdir / key).parent.mkdir(parents=True, exist_ok=True)
+        np.save(workdir / key, rng.standard_normal((N, 6)).astype(np.float32))
+        reps.append(Rep(cid, "fc1", "cA-s0", "cA", level, "g", key))
     return workdir, reps
 
 
@@ -42,7 +41,7 @@ def _write(workdir: Path, reps: list[Rep], measure: str = "linear_cka"):
         rows, bad = writer.write(job)
         written += rows
         skipped += bad
-    frame = pl.read_parquet(Layout(workdir).similarity_dir(measure) / "*.parquet")
+    frame = pl.read_parquet(workdir / layout.similarity_dir(measure) / "*.parquet")
     assert written == len(pairs) == frame.height
     return frame, skipped
 
@@ -59,7 +58,7 @@ def _pair(frame: pl.DataFrame, a: int, b: int) -> dict:
 ], ids=["nan", "garbled", "missing", "wrong_shape"])
 def test_an_unusable_representation_nulls_its_pairs_only(tmp_path, damage, reason):
     workdir, reps = _workdir(tmp_path)
-    damage(Layout(workdir).resolve(reps[1].path))
+    damage(workdir / reps[1].path)
     frame, skipped = _write(workdir, reps)
     assert [(s.checkpoint_id, s.layer, s.reason) for s in skipped] == [("cA-s0/L01", "fc1", reason)]
     for a, b in [(0, 1), (1, 1), (1, 2)]:
@@ -67,7 +66,7 @@ def test_an_unusable_representation_nulls_its_pairs_only(tmp_path, damage, reaso
         assert row["value"] is None and row["status"] == reason
     for a, b in [(0, 0), (0, 2), (2, 2)]:
         row = _pair(frame, a, b)
-        x, y = (np.load(Layout(workdir).resolve(reps[k].path)) for k in (a, b))
+        x, y = (np.load(workdir / reps[k].path) for k in (a, b))
         assert row["status"] == "ok"
         assert row["value"] == pytest.approx(float(pairwise([x], [y], measure="linear_cka").values[0, 0]), abs=1e-12)
 
@@ -75,7 +74,7 @@ def test_an_unusable_representation_nulls_its_pairs_only(tmp_path, damage, reaso
 def test_a_layer_without_one_readable_activation_is_skipped_whole(tmp_path):
     workdir, reps = _workdir(tmp_path, levels=2)
     for rep in reps:
-        Layout(workdir).resolve(rep.path).write_bytes(b"not an array")
+        (workdir / rep.path).write_bytes(b"not an array")
     frame, skipped = _write(workdir, reps, measure="pwcca")
     assert frame["status"].to_list() == ["unreadable"] * 3 and frame["value"].null_count() == 3
     assert {s.checkpoint_id for s in skipped} == {"cA-s0/L00", "cA-s0/L01"}

@@ -9,7 +9,7 @@ import polars as pl
 import yaml
 
 from orchestrator.cli import main
-from trainables.layout import Layout
+from trainables import layout
 
 
 def _sweep(tmp_path: Path) -> Path:
@@ -21,7 +21,7 @@ def _sweep(tmp_path: Path) -> Path:
 
 def test_a_garbled_mlflow_store_is_named_with_what_to_do(tmp_path, capsys):
     sweep = _sweep(tmp_path)
-    store = Layout(tmp_path / "w").mlflow_db
+    store = (tmp_path / "w") / layout.MLFLOW_DB
     store.parent.mkdir(parents=True)
     store.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 64)
     assert main(["status", str(sweep)]) == 2
@@ -33,8 +33,7 @@ def test_a_garbled_mlflow_store_is_named_with_what_to_do(tmp_path, capsys):
 
 def test_a_garbled_table_file_is_set_aside_and_the_query_runs(tmp_path, capsys):
     sweep = _sweep(tmp_path)
-    layout = Layout(tmp_path / "w")
-    good, bad = (layout.similarity_file("pwcca", analysis_id="a1", tile_id=t) for t in ("t1", "t2"))
+    good, bad = (tmp_path / "w" / layout.similarity_file("pwcca", analysis_id="a1", tile_id=t) for t in ("t1", "t2"))
     good.parent.mkdir(parents=True)
     pl.DataFrame({"analysis_id": ["a1"], "value": [0.5]}).write_parquet(good)
     bad.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])  # truncated by a full disk

@@ -12,7 +12,7 @@ import yaml
 from orchestrator.cli import DEMO_QUERY, main
 from orchestrator.query import check_sql, run_query
 from orchestrator.specs import SpecError
-from trainables.layout import Layout
+from trainables import layout
 
 N_LEVELS = 2500
 SECRET = "SECRET-MARKER-7f3a"
@@ -23,7 +23,7 @@ def sweep(tmp_path_factory) -> Path:
     """A sweep file whose workdir holds a `levels` table of N_LEVELS rows, and beside it a CSV
     file no query may read."""
     root = tmp_path_factory.mktemp("query")
-    table = Layout(root / "w").catalog_table_file("levels")
+    table = root / "w" / layout.catalog_table_file("levels")
     table.parent.mkdir(parents=True)
     pl.DataFrame({"checkpoint_id": [f"c0-s0/L{i:04d}" for i in range(N_LEVELS)], "level": range(N_LEVELS),
                   "test_acc": [0.5] * N_LEVELS}).write_parquet(table)

@@ -3,6 +3,7 @@
 lineage's parent run in a real MLflow store."""
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 from mlflow.tracking import MlflowClient
@@ -45,14 +46,14 @@ def _search_sweep(tmp_path) -> dict:
 def test_the_recorder_tags_and_closes_the_parent_run_and_the_plan_reads_it(tmp_path):
     sweep = load_sweep(_search_sweep(tmp_path))
     uri = sweep.resolved_tracking_uri
-    sweep.workdir_path.mkdir(parents=True)
+    Path(sweep.workdir).mkdir(parents=True)
     client = MlflowClient(uri)
     experiment = ensure_experiment(client, "hunt")
     specs = [LineageSpec.model_validate({**sweep.base, "train": {"lr": lr, "epochs": 1}}) for lr in (0.02, 0.1)]
     runs = [ensure_parent_run(client, spec, experiment_id=experiment, sweep="hunt", code_rev="x") for spec in specs]
     lines: list[str] = []
-    progress = ProgressCallback(lines.append, expected=2, workdir=str(sweep.workdir_path))
-    recorder = StopRecorder(uri, sweep="hunt", workdir=str(sweep.workdir_path))
+    progress = ProgressCallback(lines.append, expected=2, workdir=str(Path(sweep.workdir)))
+    recorder = StopRecorder(uri, sweep="hunt", workdir=str(Path(sweep.workdir)))
     for spec, level in zip(specs, (1, 3)):
         trial = SimpleNamespace(trial_id=lineage_id(spec), custom_dirname=lineage_id(spec), local_path="/x",
                                 last_result={"lineage_id": lineage_id(spec), "level": level, "n_levels": 4,

@@ -9,8 +9,8 @@ from trainables import lineage_id, load_checkpoint, run_lineage
 from trainables.checkpoints import LineageCheckpoints
 from trainables.fastmask import MaskApplier
 from trainables.fused import run_bundle
-from trainables.layout import Layout
-from trainables.storage import load_torch
+from trainables import layout
+from trainables.storage import LocalStore
 from trainables.loop import make_optimizer
 from trainables.specs import TrainSpec
 from trainables.stacked import StackedModel, StackedOptimizer, structure_of
@@ -80,7 +80,7 @@ def test_resume_mid_level_is_bit_identical(tiny_spec, tmp_path, digest):
     with pytest.raises(_Stop):
         run_bundle(specs, workdir=tmp_path / "cut", on_epoch=_stop_at(1, 1))
     for lineage in (r.lineage_id for r in whole):  # the progress checkpoints say fused too
-        assert load_torch(Layout(tmp_path / "cut").progress(lineage))["fused"] is True
+        assert LocalStore(tmp_path / "cut").load_torch(layout.progress(lineage))["fused"] is True
     resumed = run_bundle(specs, workdir=tmp_path / "cut")
     for a, b in zip(whole, resumed):
         assert [lv.resumed for lv in b.levels] == [True, False, False]
@@ -96,7 +96,7 @@ def test_a_lagging_lineage_catches_up(tiny_spec, tmp_path, digest):
     with pytest.raises(_Stop):
         run_bundle(specs, workdir=tmp_path / "cut", on_epoch=_stop_at(1, 1))
     # As if the process died after writing the first lineage's progress but before the second's.
-    Layout(tmp_path / "cut").progress(whole[1].lineage_id).unlink()
+    (tmp_path / "cut" / layout.progress(whole[1].lineage_id)).unlink()
     resumed = run_bundle(specs, workdir=tmp_path / "cut")
     for a, b in zip(whole, resumed):
         last_a, last_b = load_checkpoint(a.levels[-1].checkpoint_dir), load_checkpoint(b.levels[-1].checkpoint_dir)

@@ -9,10 +9,10 @@ from pydantic import ValidationError
 
 from trainables import LineageSpec, lineage_id, load_checkpoint, run_lineage
 from trainables.checkpoints import LineageCheckpoints
-from trainables.layout import Layout
+from trainables import layout
 from trainables.lineage_run import LineageRun
 from trainables.schedules import level_plans
-from trainables.storage import load_torch
+from trainables.storage import LocalStore
 
 CPU = torch.device("cpu")
 
@@ -71,7 +71,7 @@ def test_resume_is_bit_identical(tiny_spec, tmp_path, digest):
     _cut(spec, tmp_path / "cut", level=1, epoch=2)
     assert LineageCheckpoints(tmp_path / "cut", whole.lineage_id).complete_levels() == [0]
     # what writes killed mid-way leave: a level folder and a progress file half-written
-    root = Layout(tmp_path / "cut").lineage_dir(whole.lineage_id)
+    root = tmp_path / "cut" / layout.lineage_dir(whole.lineage_id)
     (root / ".L01.x7f3.tmp").mkdir()
     (root / ".L01.x7f3.tmp" / "state.pt").write_bytes(b"half")
     (root / ".progress.pt.q2w9.tmp").write_bytes(b"half")
@@ -93,7 +93,7 @@ def test_rerun_reads_back_without_training(tiny_spec, tmp_path):
 def test_stored_spec_mismatch_is_refused(tiny_spec, tmp_path):
     spec = tiny_spec()
     run = LineageRun(spec, workdir=tmp_path, device=CPU)
-    stored = Layout(tmp_path).lineage_spec(run.lineage_id)
+    stored = tmp_path / layout.lineage_spec(run.lineage_id)
     stored.write_text(stored.read_text().replace('"lenet_300_100"', '"fcn"', 1))
     with pytest.raises(ValueError, match="stored spec.json has identity"):
         run_lineage(spec, workdir=tmp_path)
@@ -105,7 +105,7 @@ def test_rewinding_restores_surviving_weights_exactly(tiny_spec, tmp_path, rewin
     spec = tiny_spec(prune={"rewind": rewind, **extra})
     _train_dense_level(spec, tmp_path)
     run = LineageRun(spec, workdir=tmp_path, device=CPU)
-    point = load_torch(Layout(tmp_path).rewind_point(run.lineage_id))
+    point = LocalStore(tmp_path).load_torch(layout.rewind_point(run.lineage_id))
     assert point["step"] == (5 if rewind == "step" else 0)
     masks = run.resume_or_start(level_plans(spec, run.steps_per_epoch)[1]).masks
     state = run.model.state_dict()
@@ -118,7 +118,7 @@ def test_rewind_lr_keeps_trained_weights(tiny_spec, tmp_path):
     spec = tiny_spec(prune={"rewind": "lr", "levels": 1})
     _train_dense_level(spec, tmp_path)
     run = LineageRun(spec, workdir=tmp_path, device=CPU)
-    dense = load_checkpoint(Layout(tmp_path).level_dir(run.lineage_id, 0))
+    dense = load_checkpoint(tmp_path / layout.level_dir(run.lineage_id, 0))
     masks = run.resume_or_start(level_plans(spec, run.steps_per_epoch)[1]).masks
     for name, mask in masks.items():
         assert torch.equal(run.model.state_dict()[name][mask], dense.model[name][mask])
@@ -204,7 +204,7 @@ def test_stop_rule_ends_the_lineage_when_a_layer_loses_its_units(tiny_spec, tmp_
     assert min(fractions.values()) <= 0.5
     for lv in result.levels[:-1]:
         assert min(connected_fractions(_level(result, lv.level).masks).values()) > 0.5
-    assert Layout(tmp_path).stopped(result.lineage_id).exists()
+    assert (tmp_path / layout.stopped(result.lineage_id)).exists()
     assert final_level(tmp_path, spec) == last.level
     again = run_lineage(spec, workdir=tmp_path)
     assert [lv.level for lv in again.levels] == [lv.level for lv in result.levels]
@@ -257,7 +257,7 @@ def test_bf16_lineage_records_its_precision_and_resumes_bit_identically(tiny_spe
     assert digest(bf16.model) != digest(fp32.model)
     assert whole.levels[2].metrics["test_acc"] == pytest.approx(exact.levels[2].metrics["test_acc"], abs=0.05)
     _cut(spec, tmp_path / "cut", level=1, epoch=2)
-    assert load_torch(Layout(tmp_path / "cut").progress(whole.lineage_id))["precision"] == "bf16"
+    assert LocalStore(tmp_path / "cut").load_torch(layout.progress(whole.lineage_id))["precision"] == "bf16"
     resumed = run_lineage(spec, workdir=tmp_path / "cut")
     assert digest(_level(resumed, 2).model) == digest(bf16.model)
     assert [lv.precision for lv in resumed.levels] == ["bf16"] * 3  # read back (L00) and trained
@@ -275,7 +275,7 @@ def test_a_lineage_resumes_only_in_its_own_precision(tiny_spec, tmp_path, cut):
         with pytest.raises(_Stop):
             run_lineage(spec, workdir=tmp_path, on_level=stop)
         assert LineageCheckpoints(tmp_path, lineage_id(spec)).complete_levels() == [0]
-        Layout(tmp_path).progress(lineage_id(spec)).unlink()
+        (tmp_path / layout.progress(lineage_id(spec))).unlink()
     refused = (f"lineage {lineage_id(spec)} was trained with precision 'bf16' and cannot be resumed with 'fp32'"
                ".*set precision: bf16")
     for other in ("fp32", "auto"):  # auto is fp32 on CPU
@@ -296,11 +296,11 @@ def test_damaged_checkpoints_are_found_set_aside_and_computed_again(tiny_spec, t
     spec = tiny_spec(train={"epochs": 3})
     whole = run_lineage(spec, workdir=tmp_path / "whole")
     _cut(spec, tmp_path / "cut", level=2, epoch=2)
-    layout, stored = Layout(tmp_path / "cut"), LineageCheckpoints(tmp_path / "cut", whole.lineage_id)
+    cut, stored = tmp_path / "cut", LineageCheckpoints(tmp_path / "cut", whole.lineage_id)
     assert stored.verified_levels() == [0, 1]
-    _garble(layout.level_dir(whole.lineage_id, 1) / "state.pt")
-    for path in (layout.progress(whole.lineage_id), layout.rewind_point(whole.lineage_id)):
-        _garble(path)
+    _garble(cut / layout.level_dir(whole.lineage_id, 1) / "state.pt")
+    for key in (layout.progress(whole.lineage_id), layout.rewind_point(whole.lineage_id)):
+        _garble(cut / key)
     assert stored.complete_levels() == [0, 1] and stored.verified_levels() == [0]  # what status trusts
     with pytest.warns(UserWarning, match="damaged checkpoint set aside") as warned:
         resumed = run_lineage(spec, workdir=tmp_path / "cut")
@@ -308,18 +308,18 @@ def test_damaged_checkpoints_are_found_set_aside_and_computed_again(tiny_spec, t
     assert [lv.resumed for lv in resumed.levels] == [True, False, False]
     assert digest(_level(resumed, 2).model) == digest(_level(whole, 2).model)
     assert digest(_level(resumed, 1).model) == digest(_level(whole, 1).model)
-    names = {p.name for p in layout.lineage_dir(whole.lineage_id).iterdir()}
+    names = {p.name for p in (cut / layout.lineage_dir(whole.lineage_id)).iterdir()}
     assert {"L01.corrupt", "progress.pt.corrupt", "rewind.pt.corrupt"} <= names
     assert stored.verified_levels() == [0, 1, 2]
 
 
 def test_a_level_written_before_digests_is_trusted_when_it_loads(tiny_spec, tmp_path):
     result = run_lineage(tiny_spec(prune={"levels": 1}), workdir=tmp_path)
-    metrics = Layout(tmp_path).level_dir(result.lineage_id, 1) / "metrics.json"
+    metrics = tmp_path / layout.level_dir(result.lineage_id, 1) / "metrics.json"
     record = json.loads(metrics.read_text())
     del record["state_sha256"]
     metrics.write_text(json.dumps(record))
     stored = LineageCheckpoints(tmp_path, result.lineage_id)
     assert stored.verified_levels() == [0, 1]
-    (Layout(tmp_path).level_dir(result.lineage_id, 1) / "state.pt").write_bytes(b"garbage")
+    (tmp_path / layout.level_dir(result.lineage_id, 1) / "state.pt").write_bytes(b"garbage")
     assert stored.verified_levels() == [0]
