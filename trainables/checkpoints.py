@@ -186,6 +186,8 @@ class LineageCheckpoints:
         return [f"{self.store.uri(key)} -> {self.store.set_aside(key).rsplit('/', 1)[-1]}" for key in damaged]
 
     def _verified(self, level: int) -> bool:
+        if self.store.keeps_integrity:  # a committed group reads back as written: nothing to hash
+            return True
         folder = layout.level_dir(self.lineage_id, level)
         try:
             recorded = self.store.read_json(f"{folder}/{LEVEL_METRICS_FILE}").get("state_sha256")
@@ -224,7 +226,7 @@ class LineageCheckpoints:
             "fused": fused, "precision": record.precision, "rng": torch.get_rng_state(),
         })
         layers = [{"layer": l.layer, "n_params": l.n_params, "n_zero": l.n_zero} for l in record.layers]
-        metrics = {"metrics": record.metrics, "layers": layers, "precision": record.precision,
+        metrics = {"metrics": record.metrics, "layers": layers, "precision": record.precision, "fused": fused,
                    "state_sha256": hashlib.sha256(state).hexdigest()}
         self.store.commit_group(layout.level_dir(self.lineage_id, progress.level), {
             LEVEL_STATE_FILE: state, LEVEL_METRICS_FILE: json_bytes(metrics),
@@ -272,14 +274,19 @@ class LineageCheckpoints:
         progress checkpoints recorded it) and `precision` ("fp32"/"bf16"; None where a
         checkpoint predates the record)."""
         out = {}
-        for key in self._state_files():
-            state = self.store.load_torch(key)
+        for key in self._records():
+            state = self.store.read_json(key) if key.endswith(".json") else self.store.load_torch(key)
             out[self.store.uri(key)] = {"fused": bool(state.get("fused", False)), "precision": state.get("precision")}
         return out
 
-    def _state_files(self) -> Iterator[str]:
+    def _records(self) -> Iterator[str]:
+        """Where each checkpoint records how it was trained: a level's small `metrics.json`
+        (its `state.pt` for levels written before metrics.json said `fused`), the progress
+        checkpoint itself."""
         for level in self.complete_levels():
-            yield f"{layout.level_dir(self.lineage_id, level)}/{LEVEL_STATE_FILE}"
+            folder = layout.level_dir(self.lineage_id, level)
+            metrics = f"{folder}/{LEVEL_METRICS_FILE}"
+            yield metrics if "fused" in self.store.read_json(metrics) else f"{folder}/{LEVEL_STATE_FILE}"
         if self.store.exists(layout.progress(self.lineage_id)):
             yield layout.progress(self.lineage_id)
 

@@ -179,7 +179,7 @@ def test_search_driver_killed_then_resumed_ends_with_num_samples_lineages(tmp_pa
     client = MlflowClient(sweep.resolved_tracking_uri)
     before = _lineage_levels(workdir)
     assert any(n < SEARCH_LEVELS for n in before.values()), before
-    checkpoints = {(lid, level): workdir / layout.level_dir(lid, level).joinpath("state.pt").stat().st_mtime_ns
+    checkpoints = {(lid, level): (workdir / layout.level_dir(lid, level) / "state.pt").stat().st_mtime_ns
                    for lid, n in before.items() for level in LineageCheckpoints(workdir, lid).complete_levels()}
     finished_runs = _finished_level_runs(client)
 
@@ -212,7 +212,7 @@ def test_search_driver_killed_then_resumed_ends_with_num_samples_lineages(tmp_pa
     assert all(r.info.status == "FINISHED" for r in parents + levels)
     assert all(p.state == "done" for p in plan_sweep(sweep)) and len(plan_sweep(sweep)) == SEARCH["num_samples"]
     # Nothing finished before the kill was computed or logged again.
-    assert {key: workdir / layout.level_dir(*key).joinpath("state.pt").stat().st_mtime_ns for key in checkpoints} == checkpoints
+    assert {key: (workdir / layout.level_dir(*key) / "state.pt").stat().st_mtime_ns for key in checkpoints} == checkpoints
     assert {cid: run for cid, run in _finished_level_runs(client).items() if cid in finished_runs} == finished_runs
 
 

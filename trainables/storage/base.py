@@ -26,6 +26,9 @@ class Store(abc.ABC):
     (`commit_group`) appears once all of it is stored, and readers see only committed groups."""
 
     root: str
+    # Whether the store itself guarantees that a file reads back as written (an object store
+    # checksums every upload and keeps it intact); a local disk does not, so readers check digests.
+    keeps_integrity: bool = False
 
     # -- files ------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -28,6 +28,8 @@ class S3Store(Store):
     use so that a store pickles (to Ray workers), or is `client`, a boto3 S3 client to share
     (making one costs about 0.1 s). A lock's lease lasts `lease_s` seconds."""
 
+    keeps_integrity = True  # S3 checks each upload's checksum and stores objects durably
+
     def __init__(self, root: str, *, lease_s: float = 60.0, client: Any = None):
         bucket, _, prefix = root[len("s3://"):].partition("/")
         if not root.startswith("s3://") or not bucket:
