@@ -19,9 +19,9 @@ from trainables.storage.base import (COMMIT_MARKER, DIGEST_KEY, DamagedFile, Sto
                                      json_bytes, torch_bytes, torch_from_bytes)
 from trainables.storage.local import LocalStore
 
-__all__ = ["COMMIT_MARKER", "DIGEST_KEY", "DamagedFile", "LocalStore", "Store", "as_store", "content_digest",
-           "is_object_store", "join", "json_bytes", "local_folder", "open_store", "scheme_error", "torch_bytes",
-           "torch_from_bytes"]
+__all__ = ["COMMIT_MARKER", "DEFAULT_LEASE_S", "DIGEST_KEY", "DamagedFile", "LEASE_ENV", "LocalStore", "Store",
+           "as_store", "content_digest", "is_object_store", "join", "json_bytes", "lease_seconds", "local_folder",
+           "open_store", "scheme_error", "torch_bytes", "torch_from_bytes"]
 
 SCHEMES = ("s3",)  # object stores a workdir may be on
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -54,6 +54,25 @@ def as_store(workdir: str | os.PathLike | Store) -> Store:
     return workdir if isinstance(workdir, Store) else open_store(workdir)
 
 
+LEASE_ENV = "IMPSWEEP_LEASE_S"  # how long an object-store lock outlives a holder that died
+DEFAULT_LEASE_S = 60.0
+
+
+def lease_seconds() -> float:
+    """The lease of object-store locks: `IMPSWEEP_LEASE_S` (seconds), default 60. A holder that
+    dies blocks the next for at most this long; it renews its lease every third of it."""
+    raw = os.environ.get(LEASE_ENV)
+    if raw is None:
+        return DEFAULT_LEASE_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{LEASE_ENV}={raw!r}: expected a positive number of seconds")
+    return value
+
+
 def open_store(workdir: str | os.PathLike) -> Store:
     """The store of `workdir`. Raises ValueError naming the workdir for an unusable URI."""
     error = scheme_error(workdir)
@@ -62,7 +81,7 @@ def open_store(workdir: str | os.PathLike) -> Store:
     if is_object_store(workdir):
         from trainables.storage.s3 import S3Store  # boto3 only where an object store is used
 
-        return S3Store(os.fspath(workdir))
+        return S3Store(os.fspath(workdir), lease_s=lease_seconds())
     return LocalStore(workdir)
 
 

@@ -158,3 +158,16 @@ def test_which_workdirs_name_a_store(workdir, error):
     assert is_object_store(workdir) == ("://" in workdir)
     if "://" not in workdir:
         assert isinstance(open_store(workdir), LocalStore)
+
+
+def test_the_object_store_lease_comes_from_the_environment(monkeypatch):
+    from trainables.storage import DEFAULT_LEASE_S, LEASE_ENV, lease_seconds
+
+    monkeypatch.delenv(LEASE_ENV, raising=False)
+    assert lease_seconds() == DEFAULT_LEASE_S == open_store("s3://bucket-1/w").lease_s
+    monkeypatch.setenv(LEASE_ENV, "5")
+    assert open_store("s3://bucket-1/w").lease_s == 5.0
+    for bad in ("0", "-1", "inf", "nan", "soon"):
+        monkeypatch.setenv(LEASE_ENV, bad)
+        with pytest.raises(ValueError, match=f"{LEASE_ENV}={bad!r}: expected a positive number of seconds"):
+            open_store("s3://bucket-1/w")
