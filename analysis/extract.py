@@ -19,9 +19,9 @@ from analysis.activations import capture, probe_key, probe_size_for
 from analysis.specs import AnalysisSpec
 from analysis.tables import to_arrow, write_table
 from trainables import layout
-from trainables.checkpoints import load_checkpoint
+from trainables.checkpoints import LineageCheckpoints
 from trainables.data import load_dataset, probe_set
-from trainables.ids import digest
+from trainables.ids import digest, parse_checkpoint_id
 from trainables.models import build_model
 from trainables.storage import LocalStore, Store, as_store
 
@@ -97,12 +97,12 @@ class CheckpointExtractor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         out: dict[str, list] = {"checkpoint_id": [], "status": []}
-        for cid, path, spec_json in zip(batch["checkpoint_id"], batch["checkpoint_path"], batch["spec_json"]):
+        for cid, spec_json in zip(batch["checkpoint_id"], batch["spec_json"]):
             out["checkpoint_id"].append(str(cid))
-            out["status"].append(self._one(str(cid), str(path), json.loads(spec_json)))
+            out["status"].append(self._one(str(cid), json.loads(spec_json)))
         return out
 
-    def _one(self, cid: str, path: str, lineage_spec: dict) -> str:
+    def _one(self, cid: str, lineage_spec: dict) -> str:
         try:
             splits = load_dataset(lineage_spec["dataset"], options=lineage_spec.get("dataset_options"),
                                   data_root=lineage_spec.get("data_root"), download=False)
@@ -114,7 +114,8 @@ class CheckpointExtractor:
             todo = target.missing(self.spec, fully_connected)
             if not todo:
                 return "ok"
-            stored = load_checkpoint(path, self.device)
+            lineage, level = parse_checkpoint_id(cid)
+            stored = LineageCheckpoints(self.store, lineage).load_level(level, self.device)
             model.load_state_dict(stored.model)
             x, y, size = self._probe(lineage_spec, model, splits)
             if "manifest" in todo:

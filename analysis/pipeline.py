@@ -128,7 +128,7 @@ def _extract(catalog: pl.DataFrame, spec: AnalysisSpec, store: Store, echo: Echo
     """Per-checkpoint products (activations, neurons, receptive fields, sharpness), computing in
     a Ray Data actor pool only the checkpoints that miss one."""
     missing = [
-        {k: row[k] for k in ("checkpoint_id", "checkpoint_path", "spec_json")}
+        {k: row[k] for k in ("checkpoint_id", "spec_json")}
         for row in catalog.iter_rows(named=True)
         if products(store, spec=spec, checkpoint_id=row["checkpoint_id"]).missing(spec)
     ]

@@ -22,7 +22,7 @@ import torch
 from trainables import layout
 from trainables.ids import canonical, identity
 from trainables.layout import LEVEL_METRICS_FILE, LEVEL_STATE_FILE, SPEC_FILE
-from trainables.storage import Store, as_store, json_bytes, open_store, torch_bytes
+from trainables.storage import Store, as_store, join, json_bytes, open_store, torch_bytes
 from trainables.masks import LayerSparsity, Masks
 from trainables.specs import LineageSpec
 
@@ -68,19 +68,24 @@ class LevelProgress:
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LevelCheckpoint:
     """Load a level folder (`<workdir>/lineages/<lineage_id>/LNN`, a local path or a URI) written
     by `run_lineage`."""
-    store = open_store(path)
-    if not store.exists(LEVEL_STATE_FILE):
-        raise FileNotFoundError(f"no checkpoint at {store.uri()}: {LEVEL_STATE_FILE} is missing")
-    state = store.load_torch(LEVEL_STATE_FILE, map_location)
+    return load_level_from(open_store(path), "", map_location=map_location)
+
+
+def load_level_from(store: Store, folder: str, *, map_location: str | torch.device = "cpu") -> LevelCheckpoint:
+    """Load the level folder `folder` (a key) of `store` (no second store, nor client, opened)."""
+    state_key, spec_key = join(folder, LEVEL_STATE_FILE), join(folder, SPEC_FILE)
+    if not store.exists(state_key):
+        raise FileNotFoundError(f"no checkpoint at {store.uri(folder)}: {LEVEL_STATE_FILE} is missing")
+    state = store.load_torch(state_key, map_location)
     return LevelCheckpoint(
-        path=store.uri(),
+        path=store.uri(folder),
         level=int(state["progress"]["level"]),
         model=state["model"],
         masks=state["masks"],
-        metrics=store.read_json(LEVEL_METRICS_FILE),
+        metrics=store.read_json(join(folder, LEVEL_METRICS_FILE)),
         fused=bool(state.get("fused", False)),
         precision=state.get("precision"),
-        spec=store.read_json(SPEC_FILE)["spec"] if store.exists(SPEC_FILE) else None,
+        spec=store.read_json(spec_key)["spec"] if store.exists(spec_key) else None,
     )
 
 
@@ -210,7 +215,7 @@ class LineageCheckpoints:
         return True
 
     def load_level(self, level: int, map_location: str | torch.device = "cpu") -> LevelCheckpoint:
-        return load_checkpoint(self.level_dir(level), map_location)
+        return load_level_from(self.store, layout.level_dir(self.lineage_id, level), map_location=map_location)
 
     def read_record(self, level: int) -> LevelRecord:
         stored = self.store.read_json(f"{layout.level_dir(self.lineage_id, level)}/{LEVEL_METRICS_FILE}")
