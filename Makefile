@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/fused_bench.py
 	$(PY) benchmarks/orchestration_bench.py
 	$(PY) benchmarks/analysis_bench.py
+	$(PY) benchmarks/storage_bench.py
 
 clean:
 	rm -rf runs .pytest_cache
