@@ -1,12 +1,10 @@
-"""A lineage's checkpoints and records: its spec, the rewind point, the in-level progress
-checkpoint, complete levels, the stopping record, and what they record of how the lineage was
-trained (fused or not, in which precision), which decides the mode it may resume in.
+"""A lineage's checkpoints and records (spec, rewind point, in-level progress, complete levels,
+stopping record) and what they record of how it was trained, which decides how it may resume.
 
-Keys come from `trainables.layout` (`<workdir>/lineages/<lineage_id>/`), every write and read
-goes through the workdir's `trainables.storage` store (whole or nothing; tensors load with
-`weights_only=True`). A level is one committed group of files: `state.pt` (model, masks,
-optimizer, progress, training mode, RNG state), `metrics.json` (metrics, per-layer sparsity,
-precision, the sha256 of `state.pt`) and a copy of `spec.json`.
+Keys come from `trainables.layout`, reads and writes go through the workdir's store (whole or
+nothing; tensors load with `weights_only=True`). A level is one committed group of files:
+`state.pt` (model, masks, optimizer, progress, training mode, RNG state), `metrics.json`
+(metrics, per-layer sparsity, training mode, the sha256 of `state.pt`) and a copy of `spec.json`.
 """
 from __future__ import annotations
 
@@ -22,9 +20,9 @@ import torch
 from trainables import layout
 from trainables.ids import canonical, identity
 from trainables.layout import LEVEL_METRICS_FILE, LEVEL_STATE_FILE, SPEC_FILE
-from trainables.storage import Store, as_store, join, json_bytes, open_store, torch_bytes
 from trainables.masks import LayerSparsity, Masks
 from trainables.specs import LineageSpec
+from trainables.storage import Store, as_store, join, json_bytes, open_store, torch_bytes
 
 
 @dataclass(frozen=True)
