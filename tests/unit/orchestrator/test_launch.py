@@ -105,3 +105,14 @@ def test_an_interrupted_search_chunk_is_the_last(tmp_path, monkeypatch, tiny_spe
     failed, plans = search_driver._run_chunks(sweep, None, plans=[], failed=[], replan=False, trainable=None,
                                               ref=None, echo=lambda _: None, watch=watch)
     assert watch.interrupted and len(calls) == 1 and plans == done  # no second chunk; the plan read after it
+
+
+def test_artifacts_go_under_the_workdir_with_a_sqlite_store_the_user_names(tmp_path, monkeypatch):
+    """Never MLflow's default `./mlruns` in the directory the command runs in."""
+    monkeypatch.chdir(tmp_path)
+    sweep = load_sweep({"name": "named", "workdir": str(tmp_path / "w"), "model": "lenet_300_100",
+                        "dataset": "digits", "tracking_uri": f"sqlite:///{tmp_path / 'elsewhere.db'}"})
+    client, experiment = prepare_tracking(sweep)
+    location = client.get_experiment(experiment).artifact_location
+    assert location == (tmp_path / "w" / "artifacts").as_uri() == sweep.artifact_location
+    assert not (tmp_path / "mlruns").exists()
