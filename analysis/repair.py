@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 
 import polars as pl
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis.extract import products
@@ -30,7 +29,7 @@ def set_aside_garbled_tables(workdir: str | os.PathLike | Store) -> list[str]:
         if not key.endswith(".parquet"):
             continue
         try:
-            pq.read_metadata(pa.BufferReader(store.read_bytes(key)))
+            pq.read_metadata(store.uri(key))  # the footer alone (ranged reads on an object store)
         except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
             aside = store.set_aside(key)
             moved.append(f"{store.uri(key)} is not a readable Parquet file ({error}); set aside as "
