@@ -27,11 +27,19 @@ class MlflowServer:
     """`with MlflowServer(backend_uri, artifact_root) as server: server.uri` — a running server.
 
     backend_uri: e.g. `sqlite:///path/mlflow.db` or `postgresql://...`.
+    artifact_root: where clients write artifacts themselves (a folder, `s3://...`); or None with
+        `artifacts_destination`, e.g. `s3://bucket/prefix`, where the server stores the artifacts
+        that clients upload through it (`--serve-artifacts`: clients need no storage credentials).
     """
 
-    def __init__(self, backend_uri: str, artifact_root: str | Path, *, host: str = "127.0.0.1",
-                 port: int | None = None, startup_timeout_s: float = 120.0, log_path: Path | None = None):
-        self.backend_uri, self.artifact_root = backend_uri, str(artifact_root)
+    def __init__(self, backend_uri: str, artifact_root: str | Path | None = None, *, artifacts_destination: str = "",
+                 host: str = "127.0.0.1", port: int | None = None, startup_timeout_s: float = 120.0,
+                 log_path: Path | None = None):
+        if (artifact_root is None) == (not artifacts_destination):
+            raise ValueError("MlflowServer: give exactly one of artifact_root and artifacts_destination "
+                             f"(got {artifact_root!r} and {artifacts_destination!r})")
+        self.backend_uri, self.artifact_root = backend_uri, None if artifact_root is None else str(artifact_root)
+        self.artifacts_destination = artifacts_destination
         self.host, self.port = host, port or free_port(host)
         self.startup_timeout_s, self.log_path = startup_timeout_s, log_path
         self.process: subprocess.Popen | None = None
@@ -40,18 +48,24 @@ class MlflowServer:
     def uri(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> MlflowServer:
+    def start(self, *, wait: bool = True) -> MlflowServer:
+        """Launch the server; with `wait`, return once it answers (else call `wait_healthy`)."""
         mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
         cmd = [mlflow, "server", "--host", self.host, "--port", str(self.port),
-               "--backend-store-uri", self.backend_uri, "--default-artifact-root", self.artifact_root,
-               "--workers", "1"]
+               "--backend-store-uri", self.backend_uri, "--workers", "1"]
+        if self.artifacts_destination:  # experiments then get the server's mlflow-artifacts:/ root
+            cmd += ["--serve-artifacts", "--artifacts-destination", self.artifacts_destination]
+        else:
+            cmd += ["--default-artifact-root", self.artifact_root]
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         # Its own session, so that stop() can end the server and the workers it forks together.
         self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self._wait_healthy()
+        if wait:
+            self.wait_healthy()
         return self
 
-    def _wait_healthy(self) -> None:
+    def wait_healthy(self) -> None:
+        """Return once `/health` answers; stop the server and raise if it exits or times out."""
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -1,4 +1,5 @@
-"""Sweeps on real Ray and MLflow: search, a shared lineage, a real mlflow server, a trial killed."""
+"""Sweeps on real Ray and MLflow: search, a shared lineage, a trial killed, fused lineages. (Against a
+real mlflow server, with Tune storage on S3: tests/integration/test_cluster.py.)"""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,6 @@ import psutil
 import pytest
 
 from orchestrator import load_sweep, plan_sweep, run_sweep
-from orchestrator.mlflow_server import MlflowServer
 from tests.integration.conftest import (
     final_metrics, is_loopback, listening_sockets, mlflow_runs, reference_metrics, tiny_sweep,
 )
@@ -157,19 +157,6 @@ def test_overlapping_sweeps_share_a_lineage(tmp_path, ray_shutdown):
     assert [r.data.tags["impsweep.seed"] for r in shared] == ["1"]
 
 
-def test_sweep_against_a_real_mlflow_server(tmp_path, ray_shutdown):
-    backend = f"sqlite:///{tmp_path / 'server.db'}"
-    with MlflowServer(backend, tmp_path / "server-artifacts", log_path=tmp_path / "server.log") as server:
-        assert server.host == "127.0.0.1"
-        sweep = load_sweep(tiny_sweep(tmp_path / "w", name="served", tracking_uri=server.uri))
-        run_sweep(sweep, echo=lambda _: None)
-        runs = mlflow_runs(server.uri)
-        assert _kinds(runs) == ["level"] * 6 + ["lineage"] * 2
-        assert all(r.info.status == "FINISHED" for r in runs)
-        assert len(final_metrics(server.uri)) == 6
-    assert server.process.poll() is not None
-
-
 def _kill_a_trial_once(workdir, killed: list) -> None:
     """Kill the Ray worker running a lineage (as an OOM kill would) once its level 0 is done."""
     deadline = time.monotonic() + 240
@@ -195,52 +182,6 @@ def test_killed_trial_is_retried_and_ends_as_if_undisturbed(tmp_path, ray_shutdo
     assert killed, "no trial worker was found to kill"
     assert outcome.failed == ()
     assert final_metrics(sweep.resolved_tracking_uri) == reference_metrics(sweep, tmp_path / "ref")
-    assert _kinds(mlflow_runs(sweep.resolved_tracking_uri)) == ["level"] * 6 + ["lineage"] * 2
-
-
-@pytest.fixture
-def s3_server(tmp_path, monkeypatch):
-    """A local S3-compatible server (moto) on 127.0.0.1 with one bucket; AWS_* point at it."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import boto3
-
-    from orchestrator.mlflow_server import free_port
-
-    port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
-        monkeypatch.setenv(key, value)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                boto3.client("s3").create_bucket(Bucket="impsweep-test")
-                break
-            except Exception:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise
-                time.sleep(0.3)
-        yield boto3.client("s3")
-    finally:
-        server.terminate()
-        server.wait(timeout=15)
-
-
-def test_ray_storage_on_s3(tmp_path, s3_server, ray_shutdown):
-    sweep = load_sweep(tiny_sweep(tmp_path / "w", name="ons3", storage_path="s3://impsweep-test/ray"))
-    outcome = run_sweep(sweep, echo=lambda _: None)
-    assert outcome.failed == ()
-    keys = [o["Key"] for page in s3_server.get_paginator("list_objects_v2").paginate(Bucket="impsweep-test")
-            for o in page.get("Contents", [])]
-    lineage_ids = {p.lineage_id for p in plan_sweep(sweep)}
-    trial_dirs = {k.split("/")[2] for k in keys if k.startswith("ray/ons3/") and k.count("/") > 2}
-    assert lineage_ids <= trial_dirs  # trial folders on S3, named by lineage
-    assert any(k.endswith("pointer.json") for k in keys)
     assert _kinds(mlflow_runs(sweep.resolved_tracking_uri)) == ["level"] * 6 + ["lineage"] * 2
 
 

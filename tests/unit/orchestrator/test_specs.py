@@ -152,3 +152,9 @@ def test_overrides_are_as_strict_as_the_file_and_ints_may_stand_for_floats():
                        overrides=["train.lr=1", "resources.cpu=2"])
     assert sweep.base["train"]["lr"] == 1 and sweep.resources.cpu == 2.0
     assert sweep.search.space["train.lr"].high == 1.0
+
+
+def test_ray_storage_is_under_the_workdir_unless_storage_path_names_another():
+    assert load_sweep({**BASE, "workdir": "s3://bucket/w", "tracking_uri": "http://127.0.0.1:5000"}
+                      ).resolved_storage_path == "s3://bucket/w/ray"
+    assert load_sweep({**BASE, "storage_path": "s3://bucket/tune"}).resolved_storage_path == "s3://bucket/tune"
