@@ -19,6 +19,7 @@ from sqlalchemy.exc import DatabaseError
 
 from orchestrator.interrupts import EXIT_INTERRUPTED
 from orchestrator.query import DEFAULT_LIMIT
+from orchestrator.cluster_check import check_cluster_storage
 from orchestrator.specs import SpecError, SweepSpec, load_sweep
 from orchestrator.workdir import check_workdir
 from trainables import layout
@@ -136,6 +137,7 @@ def _dispatch(args) -> int:
     if args.verb in ("run", "analyze", "report", "ui", "demo"):  # the verbs that write to the workdir
         check_workdir(sweep.workdir)
     if args.verb in ("run", "analyze", "demo"):
+        check_cluster_storage(sweep, echo=lambda line: print(line, flush=True))  # before the workdir is made
         leave_job_working_dir(sweep)
     try:
         return _verb(args, sweep)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
 
+from orchestrator.cluster_check import check_cluster_storage
 from orchestrator.experiments import (
     Echo, code_rev, ensure_ray, failed_lineages, tracking_ref, tune_run_config, with_trial_resources,
 )
@@ -50,6 +51,7 @@ def run_sweep(sweep: SweepSpec, *, echo: Echo = print) -> SweepOutcome:
     """Run every lineage of `sweep` that is not done yet; recompute nothing that is. A Ctrl-C
     ends the running Tune experiment gracefully and starts no further one."""
     start = time.perf_counter()
+    check_cluster_storage(sweep, echo=echo)  # before anything is written
     client, experiment_id = prepare_tracking(sweep)
     rev = code_rev()
     watch = SigintWatch()

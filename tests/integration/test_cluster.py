@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -72,10 +74,10 @@ def cluster(moto_endpoint, tmp_path_factory) -> Iterator[Cluster]:
         server.stop()
 
 
-def _write_sweep(folder: Path, raw: dict) -> Path:
+def _write_sweep(folder: Path, raw: dict, *, name: str = "sweep.yaml") -> Path:
     folder.mkdir()
-    (folder / "sweep.yaml").write_text(yaml.safe_dump(raw))
-    return folder / "sweep.yaml"
+    (folder / name).write_text(yaml.safe_dump(raw))
+    return folder / name
 
 
 def _succeeded(code: int, out: str) -> None:
@@ -111,6 +113,40 @@ def _trained(level_runs: list) -> dict[str, dict[str, float]]:
     """checkpoint id -> what training computed (wall-clock time aside), as `reference_metrics`."""
     return {r.data.tags[f"{TAG}checkpoint_id"]: {k: v for k, v in r.data.metrics.items() if k != "wall_s"}
             for r in level_runs}
+
+
+def test_local_paths_the_nodes_do_not_share_and_a_missing_tracking_uri_are_refused_before_anything_trains(
+        cluster, tmp_path):
+    """The head sees pytest's /tmp, the worker node does not; /var/tmp is on a disk both share."""
+    shared = Path(tempfile.mkdtemp(prefix="impsweep-shared-", dir="/var/tmp"))
+    try:
+        sweeps = {
+            "unshared.yaml": tiny_sweep(tmp_path / "unshared", name="unshared", tracking_uri=cluster.mlflow.uri),
+            "untracked.yaml": tiny_sweep(shared / "untracked", name="untracked"),
+            "shared.yaml": tiny_sweep(shared / "ok", name="ok", tracking_uri=f"sqlite:///{shared / 'mlflow.db'}"),
+        }
+        job = tmp_path / "job"
+        _write_sweep(job, sweeps.pop("unshared.yaml"), name="unshared.yaml")
+        for name, raw in sweeps.items():
+            (job / name).write_text(yaml.safe_dump(raw))
+        # one driver for the three (the CLI's code path, without starting Python and Ray three times)
+        script = ("import time; from orchestrator import cli, load_sweep; "
+                  "from orchestrator.cluster_check import check_cluster_storage as check\n"
+                  "for sweep in ('unshared.yaml', 'untracked.yaml'):\n"
+                  "    t = time.monotonic(); code = cli.main(['run', sweep]); print(f'exit={code}', time.monotonic() - t)\n"
+                  "check(load_sweep('shared.yaml'), echo=print); print('exit=0')")
+        done = cluster.ray.submit(job, "python", "-c", script)
+        out = done.stdout + done.stderr
+        _succeeded(done.returncode, out)
+        assert [l.split()[0] for l in out.splitlines() if l.startswith("exit=")] == ["exit=2", "exit=2", "exit=0"], out
+        assert f"workdir: '{tmp_path / 'unshared'}' is a local path that 1 of the cluster's 2 nodes cannot see" in out
+        assert "tracking_uri: not set, on a Ray cluster of 2 nodes" in out
+        assert "workdir, tracking_uri seen by all 2 nodes" in out  # a real shared mount passes
+        # refused before anything was written: no workdir, no tracking store, no run
+        assert not (tmp_path / "unshared").exists() and sorted(p.name for p in shared.iterdir()) == []
+        assert MlflowClient(cluster.mlflow.uri).get_experiment_by_name("unshared") is None
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 def test_a_submitted_sweep_runs_on_the_cluster_and_answers_like_one_on_one_machine(
