@@ -1,19 +1,29 @@
 """A lineage's parent run names its code's commit in MLflow's standard source tag too."""
 from __future__ import annotations
 
-from mlflow.tracking import MlflowClient
+from unittest.mock import MagicMock
 
-from trainables.tracking import GIT_COMMIT_TAG, TAG, ensure_parent_run
+import pytest
+from mlflow.store.entities import PagedList
+
+from trainables.tracking import GIT_COMMIT_TAG, TAG, ensure_parent_run, lineage_tags
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
-def test_parent_runs_carry_the_git_commit_of_a_revision(tiny_spec, tmp_path):
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = client.create_experiment("x", artifact_location=str(tmp_path / "artifacts"))
-    revs = {0: SHA, 1: f"{SHA}-dirty", 2: "impsweep-0.1.0"}
-    for seed, rev in revs.items():
-        tags = client.get_run(ensure_parent_run(client, tiny_spec(seed=seed), experiment_id=experiment,
-                                                sweep="s", code_rev=rev)).data.tags
-        assert tags[f"{TAG}code_rev"] == rev
-        assert tags.get(GIT_COMMIT_TAG) == (None if seed == 2 else SHA)
+@pytest.mark.parametrize("rev, commit", [(SHA, SHA), (f"{SHA}-dirty", SHA), ("impsweep-0.1.0", None),
+                                         (SHA[:12], None)])
+def test_lineage_tags_name_the_commit_of_a_full_revision(tiny_spec, rev, commit):
+    tags = lineage_tags(tiny_spec(), rev)
+    assert tags[f"{TAG}code_rev"] == rev and tags.get(GIT_COMMIT_TAG) == commit
+
+
+def test_a_new_parent_run_is_created_with_the_commit_tag(tiny_spec):
+    """A client without runs (an MLflow store costs seconds to create): the run it is asked to
+    create carries the tag."""
+    client = MagicMock()
+    client.search_experiments.return_value = []
+    client.search_runs.return_value = PagedList([], None)
+    ensure_parent_run(client, tiny_spec(), experiment_id="1", sweep="s", code_rev=f"{SHA}-dirty")
+    tags = client.create_run.call_args.kwargs["tags"]
+    assert tags[GIT_COMMIT_TAG] == SHA and tags[f"{TAG}code_rev"] == f"{SHA}-dirty"
