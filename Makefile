@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 SWEEPS := $(wildcard sweeps/*.yaml)
 
-.PHONY: demo test unit integration smoke bench clean install
+.PHONY: demo test unit integration smoke bench clean install cluster-up
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,18 @@ bench: $(STAMP)
 	$(PY) benchmarks/orchestration_bench.py
 	$(PY) benchmarks/analysis_bench.py
 	$(PY) benchmarks/storage_bench.py
+
+# Starts or updates the Ray cluster of cluster.yaml (`ray` from PATH; e.g. RAY_UP_ARGS=-y). Its
+# rsync leaves out .git, so the revision of the code it copies is recorded first in
+# .impsweep-revision (HEAD's full sha, "-dirty" when tracked files differ from it), which the
+# runs on the cluster record as their code revision.
+CLUSTER ?= cluster.yaml
+RAY ?= ray
+RAY_UP_ARGS ?=
+cluster-up:
+	@rev=$$(git rev-parse HEAD) && { git diff --quiet HEAD -- || rev=$$rev-dirty; } \
+	  && echo $$rev > .impsweep-revision && echo "code revision $$rev"
+	$(RAY) up $(CLUSTER) $(RAY_UP_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -17,20 +17,45 @@ Echo = Callable[[str], None]
 LOOPBACK = "127.0.0.1"
 
 
-def code_rev() -> str:
-    """The git revision of the code that runs (or the package version outside a checkout)."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
-                             capture_output=True, text=True, timeout=5, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        from importlib.metadata import PackageNotFoundError, version
+REVISION_FILE = ".impsweep-revision"  # written by `make cluster-up` where the code is synced from
 
-        try:
-            return f"impsweep-{version('impsweep')}"
-        except PackageNotFoundError:
-            return "unknown"
+
+def code_rev(root: Path | None = None) -> str:
+    """The revision of the code under `root` (default: this checkout): a git checkout's full HEAD
+    sha, with "-dirty" when tracked files differ from it; else the revision recorded in
+    `REVISION_FILE` (a copy synced without `.git`, e.g. to a cluster's nodes); else
+    "impsweep-<package version>"."""
+    root = root if root is not None else Path(__file__).resolve().parent.parent
+    return _git_rev(root) or _recorded_rev(root) or _package_rev()
+
+
+def _git_rev(root: Path) -> str | None:
+    if not (root / ".git").exists():  # a folder inside some other checkout is not ours
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "diff", "--quiet", "HEAD", "--"],
+                               capture_output=True, timeout=5).returncode == 1
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}-dirty" if dirty else head
+
+
+def _recorded_rev(root: Path) -> str | None:
+    try:
+        return (root / REVISION_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _package_rev() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"impsweep-{version('impsweep')}"
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:

@@ -6,6 +6,7 @@ used (an `MlflowClient` and run ids are passed explicitly).
 """
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ TAG = "impsweep."
 KIND_LINEAGE, KIND_LEVEL = "lineage", "level"
 LEVEL_METRICS = ("sparsity", "sparsity_all", "test_acc", "test_loss", "train_loss", "epochs", "wall_s")
 _MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+_GIT_SHA = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,9 @@ def flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def lineage_tags(spec: LineageSpec, code_rev: str) -> dict[str, str]:
-    return {
+    """Tags of a lineage's runs. A `code_rev` that names a git commit also goes to MLflow's own
+    `mlflow.source.git.commit` (without its "-dirty" marker), which the UI shows as the source."""
+    tags = {
         f"{TAG}kind": KIND_LINEAGE,
         f"{TAG}lineage_id": lineage_id(spec),
         f"{TAG}config_id": config_id(spec),
@@ -105,6 +110,10 @@ def lineage_tags(spec: LineageSpec, code_rev: str) -> dict[str, str]:
         f"{TAG}rewind": spec.prune.rewind,
         f"{TAG}code_rev": code_rev,
     }
+    commit = code_rev.removesuffix("-dirty")
+    if _GIT_SHA.fullmatch(commit):
+        tags[GIT_COMMIT_TAG] = commit
+    return tags
 
 
 def ensure_parent_run(
