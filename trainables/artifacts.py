@@ -15,6 +15,7 @@ Every policy tags the level run with the level's URI (`impsweep.checkpoint_uri`)
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -34,6 +35,7 @@ REFERENCE_FILE = "checkpoint.json"
 
 
 def check_policy(policy: str) -> str:
+    """`policy`, or ValueError naming the valid ones (it arrives as a plain string in trial configs)."""
     if policy not in CHECKPOINT_ARTIFACTS:
         raise ValueError(f"checkpoint_artifacts: unknown policy {policy!r}; expected one of {list(CHECKPOINT_ARTIFACTS)}")
     return policy
@@ -50,17 +52,18 @@ def log_checkpoint(client: MlflowClient, run_id: str, result, *, policy: str, ar
             client.log_artifacts(run_id, str(folder), artifact_path=ARTIFACT_DIR)
         return
     store = open_store(result.checkpoint_dir)
+    metrics = store.read_bytes(LEVEL_METRICS_FILE)
     reference = {
         "checkpoint_id": result.checkpoint_id, "uri": result.checkpoint_dir,
         "key": layout.level_dir(result.lineage_id, result.level),  # outlives a move of the workdir
-        "state_sha256": store.read_json(LEVEL_METRICS_FILE).get("state_sha256"),
+        "state_sha256": json.loads(metrics).get("state_sha256"),
         "load": "trainables.load_checkpoint(uri)",
     }
     files = {REFERENCE_FILE: json_bytes(reference)}
     if not same_store(artifact_uri, result.checkpoint_dir):
         state = store.load_torch(LEVEL_STATE_FILE)
         files[WEIGHTS_FILE] = torch_bytes({"model": state["model"], "masks": state["masks"]})
-        files[LEVEL_METRICS_FILE] = store.read_bytes(LEVEL_METRICS_FILE)
+        files[LEVEL_METRICS_FILE] = metrics
         if store.exists(SPEC_FILE):
             files[SPEC_FILE] = store.read_bytes(SPEC_FILE)
     with tempfile.TemporaryDirectory(prefix="impsweep-") as tmp:
