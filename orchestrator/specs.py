@@ -52,9 +52,9 @@ class SweepSpec(SpecModel):
         500, ge=1, description="Lineages per Tune experiment (grid or search): bounds the driver's memory on huge sweeps."
     )
     checkpoint_artifacts: Literal["weights", "full", "none"] = Field(
-        "weights", description="What each level's MLflow run holds of its checkpoint: the weights and masks "
-        "(only a reference to the level where the artifact store is the workdir's disk or bucket), the whole "
-        "level folder, or nothing (trainables/artifacts.py)."
+        "weights", description="What each level's MLflow run holds of its checkpoint: the weights and "
+        "masks (only a reference to the level where the artifact store is the workdir's disk or bucket), "
+        "the whole level folder, or nothing (trainables/artifacts.py)."
     )
     # Axes are checked by validate_sweep (each a non-empty list), with the lineage fields they set.
     grid: dict[str, Any] = Field({}, description="Dotted lineage field -> list of values; the cartesian product.")

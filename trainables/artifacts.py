@@ -37,7 +37,8 @@ REFERENCE_FILE = "checkpoint.json"
 def check_policy(policy: str) -> str:
     """`policy`, or ValueError naming the valid ones (it arrives as a plain string in trial configs)."""
     if policy not in CHECKPOINT_ARTIFACTS:
-        raise ValueError(f"checkpoint_artifacts: unknown policy {policy!r}; expected one of {list(CHECKPOINT_ARTIFACTS)}")
+        raise ValueError(f"checkpoint_artifacts: unknown policy {policy!r}; "
+                         f"expected one of {list(CHECKPOINT_ARTIFACTS)}")
     return policy
 
 

@@ -161,6 +161,13 @@ def test_ray_storage_is_under_the_workdir_unless_storage_path_names_another():
 
 
 def test_checkpoint_artifacts_defaults_to_weights_and_a_bad_value_exits_2(tmp_path, capsys):
+    from typing import get_args
+
+    from orchestrator.specs import SweepSpec
+    from trainables.artifacts import CHECKPOINT_ARTIFACTS, DEFAULT_CHECKPOINT_ARTIFACTS
+
+    field = SweepSpec.model_fields["checkpoint_artifacts"]  # the sweep offers what log_level knows
+    assert get_args(field.annotation) == CHECKPOINT_ARTIFACTS and field.default == DEFAULT_CHECKPOINT_ARTIFACTS
     assert load_sweep(BASE).checkpoint_artifacts == "weights"
     assert load_sweep({**BASE, "checkpoint_artifacts": "none"}).checkpoint_artifacts == "none"
     path = tmp_path / "bad.yaml"

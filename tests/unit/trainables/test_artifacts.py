@@ -10,7 +10,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from trainables import LineageSpec, build_model, load_checkpoint, load_dataset, run_lineage
+from trainables import LineageSpec, build_model, lineage_id, load_checkpoint, load_dataset, run_lineage
 from trainables.artifacts import same_store
 from trainables.tracking import (
     CHECKPOINT_URI_TAG, TrackingRef, ensure_parent_run, find_level_runs, lineage_tags, log_level,
@@ -102,6 +102,31 @@ def test_weights_on_another_store_load_into_the_model(trained, monkeypatch):
     assert weights["masks"].keys() == level.masks.keys()
     assert all(torch.equal(weights["masks"][k], level.masks[k]) for k in level.masks)
     assert json.loads((folder / "spec.json").read_text())["spec"]["model"] == spec.model
+
+
+def test_a_fused_bundle_logs_what_its_sweep_asks_for(trained, tmp_path, monkeypatch):
+    """The policy crosses the Tune trial config (plain JSON) into every lineage of a bundle."""
+    from trainables import tune_entry
+    from trainables.trials import BundleTrial, LineageTrial
+
+    _, _, _, client = trained
+    experiment = client.create_experiment("fused", artifact_location=(tmp_path / "artifacts").as_uri())
+    specs = [LineageSpec.model_validate({**SPEC, "seed": seed}) for seed in (1, 2)]
+    bundle = BundleTrial(tuple(
+        LineageTrial(lineage_id(spec), spec, str(tmp_path / "w"), TrackingRef(
+            client.tracking_uri, experiment,
+            ensure_parent_run(client, spec, experiment_id=experiment, sweep="fused", code_rev="r"), "fused", "r",
+            checkpoint_artifacts="none"))
+        for spec in specs))
+    monkeypatch.setattr(tune_entry.tune, "report", lambda *args, **kwargs: None)  # no Tune session here
+    tune_entry.lineage_trainable(json.loads(json.dumps(bundle.to_config())))
+    runs = [run for spec in specs
+            for run in find_level_runs(client, lineage_id(spec), experiment_ids=[experiment]).values()]
+    assert len(runs) == 4
+    for run in runs:
+        assert run.data.tags[CHECKPOINT_URI_TAG].endswith("lineages/" + run.data.tags["impsweep.checkpoint_id"])
+        assert client.list_artifacts(run.info.run_id) == []
+    assert not (tmp_path / "artifacts").exists()
 
 
 def test_the_store_of_artifacts_is_the_level_store_on_its_disk_or_bucket(tmp_path):

@@ -1,8 +1,5 @@
-"""The Tune trainable's MLflow recorder: a lineage's level runs are read under its lock, and a
-bundle logs what its sweep's `checkpoint_artifacts` asks for."""
+"""The Tune trainable's MLflow recorder: a lineage's level runs are read under its lock."""
 from __future__ import annotations
-
-import json
 
 from mlflow.tracking import MlflowClient
 
@@ -33,28 +30,3 @@ def test_a_trial_finds_the_level_runs_logged_before_it_held_the_lineage(tiny_spe
     runs = search_all(client, tag_filter(kind=KIND_LEVEL))
     assert sorted(r.data.tags["impsweep.checkpoint_id"] for r in runs) == [
         f"{lineage_id(spec)}/L0{level}" for level in range(2)]
-
-
-def test_a_fused_bundle_logs_the_checkpoint_artifacts_its_sweep_asks_for(tiny_spec, tmp_path, monkeypatch):
-    """The policy crosses the trial config (plain JSON) into every lineage of a bundle."""
-    from trainables import tune_entry
-    from trainables.tracking import CHECKPOINT_URI_TAG
-    from trainables.trials import BundleTrial, LineageTrial
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    experiment = client.create_experiment("x", artifact_location=(tmp_path / "artifacts").as_uri())
-    specs = [tiny_spec(seed=seed, train={"epochs": 1}, prune={"levels": 1}) for seed in range(2)]
-    bundle = BundleTrial(tuple(
-        LineageTrial(lineage_id(spec), spec, str(tmp_path / "w"), TrackingRef(
-            uri, experiment, ensure_parent_run(client, spec, experiment_id=experiment, sweep="s", code_rev="r"),
-            "s", "r", checkpoint_artifacts="none"))
-        for spec in specs))
-    monkeypatch.setattr(tune_entry.tune, "report", lambda *args, **kwargs: None)  # no Tune session here
-    tune_entry.lineage_trainable(json.loads(json.dumps(bundle.to_config())))
-    runs = search_all(client, tag_filter(kind=KIND_LEVEL))
-    assert len(runs) == 4
-    for run in runs:
-        assert run.data.tags[CHECKPOINT_URI_TAG].endswith("lineages/" + run.data.tags["impsweep.checkpoint_id"])
-        assert client.list_artifacts(run.info.run_id) == []
-    assert not (tmp_path / "artifacts").exists()
