@@ -42,7 +42,7 @@ def check_policy(policy: str) -> str:
     return policy
 
 
-def log_checkpoint(client: MlflowClient, run_id: str, result, *, policy: str, artifact_uri: str) -> None:
+def log_checkpoint(client: MlflowClient, result, *, run_id: str, artifact_uri: str, policy: str) -> None:
     """Log the artifacts `policy` asks for of `result`'s committed level (a
     `trainables.lineage_run.LevelResult`) to the run `run_id`, whose artifacts go to
     `artifact_uri` (the run's `info.artifact_uri`)."""

@@ -200,7 +200,7 @@ def log_level(client: MlflowClient, result, *, ref: TrackingRef, tags: Mapping[s
     now = int(time.time() * 1000)
     metrics = [Metric(k, float(result.metrics[k]), now, 0) for k in LEVEL_METRICS]
     client.log_batch(run_id, metrics=metrics, tags=[RunTag(CHECKPOINT_URI_TAG, result.checkpoint_dir)])
-    log_checkpoint(client, run_id, result, policy=ref.checkpoint_artifacts, artifact_uri=info.artifact_uri)
+    log_checkpoint(client, result, run_id=run_id, artifact_uri=info.artifact_uri, policy=ref.checkpoint_artifacts)
     # The parent's metrics use the level as step, so the UI charts accuracy against level.
     client.log_batch(ref.parent_run_id, metrics=[Metric(k, float(result.metrics[k]), now, result.level)
                                                  for k in LEVEL_METRICS])
