@@ -101,7 +101,8 @@ def with_trial_resources(trainable: Callable[[dict], None], sweep: SweepSpec) ->
 
 def tracking_ref(sweep: SweepSpec, *, experiment_id: str, rev: str, parent_run_id: str = "") -> TrackingRef:
     """Where a trial of `sweep` records its lineage (no parent run: the trial finds or creates it)."""
-    return TrackingRef(sweep.resolved_tracking_uri, experiment_id, parent_run_id, sweep.name, rev)
+    return TrackingRef(sweep.resolved_tracking_uri, experiment_id, parent_run_id, sweep.name, rev,
+                       checkpoint_artifacts=sweep.checkpoint_artifacts)
 
 
 def tune_run_config(sweep: SweepSpec, *, echo: Echo, expected: int) -> Any:

@@ -9,7 +9,7 @@ import itertools
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
@@ -25,7 +25,7 @@ from trainables.storage import Store, is_object_store, open_store, scheme_error
 MAX_NAME_CHARS = 100
 
 SWEEP_KEYS = ("name", "workdir", "storage_path", "tracking_uri", "resources", "max_concurrent",
-              "max_failures", "chunk_size", "grid", "search", "analysis", "smoke")
+              "max_failures", "chunk_size", "checkpoint_artifacts", "grid", "search", "analysis", "smoke")
 
 
 class Resources(SpecModel):
@@ -50,6 +50,11 @@ class SweepSpec(SpecModel):
     max_failures: int = Field(2, ge=0, description="Retries of a failed lineage trial.")
     chunk_size: int = Field(
         500, ge=1, description="Lineages per Tune experiment (grid or search): bounds the driver's memory on huge sweeps."
+    )
+    checkpoint_artifacts: Literal["weights", "full", "none"] = Field(
+        "weights", description="What each level's MLflow run holds of its checkpoint: the weights and "
+        "masks (only a reference to the level where the artifact store is the workdir's disk or bucket), "
+        "the whole level folder, or nothing (trainables/artifacts.py)."
     )
     # Axes are checked by validate_sweep (each a non-empty list), with the lineage fields they set.
     grid: dict[str, Any] = Field({}, description="Dotted lineage field -> list of values; the cartesian product.")

@@ -12,16 +12,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
+from trainables.artifacts import DEFAULT_CHECKPOINT_ARTIFACTS, check_policy, log_checkpoint
 from trainables.ids import config_id, lineage_id
 from trainables.specs import RUNTIME_FIELDS, LineageSpec
-from trainables.storage import local_folder
 
 TAG = "impsweep."
 KIND_LINEAGE, KIND_LEVEL = "lineage", "level"
 LEVEL_METRICS = ("sparsity", "sparsity_all", "test_acc", "test_loss", "train_loss", "epochs", "wall_s")
+CHECKPOINT_URI_TAG = f"{TAG}checkpoint_uri"  # a level run's committed level folder (path or URI)
 _MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 _GIT_SHA = re.compile(r"[0-9a-f]{40}")
@@ -36,6 +37,10 @@ class TrackingRef:
     parent_run_id: str
     sweep: str
     code_rev: str
+    checkpoint_artifacts: str = DEFAULT_CHECKPOINT_ARTIFACTS  # `trainables.artifacts`: weights, full or none
+
+    def __post_init__(self) -> None:
+        check_policy(self.checkpoint_artifacts)
 
 
 def tag_filter(**tags: str) -> str:
@@ -177,7 +182,9 @@ def find_level_runs(client: MlflowClient, lineage: str, *,
 def log_level(client: MlflowClient, result, *, ref: TrackingRef, tags: Mapping[str, str],
               known: Mapping[int, Any] | None = None) -> str:
     """Record one level (a `trainables.lineage.LevelResult`) as a FINISHED child run with its
-    metrics and the checkpoint as artifact `checkpoint/`. A level already FINISHED is left alone.
+    metrics, the level's URI as tag `impsweep.checkpoint_uri`, and the artifacts
+    `ref.checkpoint_artifacts` asks for (`trainables.artifacts`). A level already FINISHED is
+    left alone.
 
     known: the lineage's level runs as `find_level_runs` returned them at its first level, read
         under the lineage's lock (read earlier, it misses the runs of another trainer that held
@@ -195,14 +202,14 @@ def log_level(client: MlflowClient, result, *, ref: TrackingRef, tags: Mapping[s
         }
         if result.precision:
             child_tags[f"{TAG}precision"] = result.precision
-        run_id = client.create_run(ref.experiment_id, run_name=result.checkpoint_id, tags=child_tags).info.run_id
+        info = client.create_run(ref.experiment_id, run_name=result.checkpoint_id, tags=child_tags).info
     else:
-        run_id = existing.info.run_id
+        info = existing.info
+    run_id = info.run_id
     now = int(time.time() * 1000)
     metrics = [Metric(k, float(result.metrics[k]), now, 0) for k in LEVEL_METRICS]
-    client.log_batch(run_id, metrics=metrics)
-    with local_folder(result.checkpoint_dir) as folder:
-        client.log_artifacts(run_id, str(folder), artifact_path="checkpoint")
+    client.log_batch(run_id, metrics=metrics, tags=[RunTag(CHECKPOINT_URI_TAG, result.checkpoint_dir)])
+    log_checkpoint(client, result, run_id=run_id, artifact_uri=info.artifact_uri, policy=ref.checkpoint_artifacts)
     # The parent's metrics use the level as step, so the UI charts accuracy against level.
     client.log_batch(ref.parent_run_id, metrics=[Metric(k, float(result.metrics[k]), now, result.level)
                                                  for k in LEVEL_METRICS])

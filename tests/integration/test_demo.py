@@ -60,8 +60,10 @@ def test_demo_exits_zero_and_records_mlflow(demo_run, capsys):
         assert tags["impsweep.precision"] == "fp32"  # precision auto, on CPU
         assert set(child.data.metrics) >= {"sparsity", "test_acc", "test_loss", "train_loss", "wall_s"}
         assert child.data.metrics["sparsity"] == pytest.approx(1 - 0.8 ** int(tags["impsweep.level"]), abs=1e-4)
+        # artifacts on the workdir's disk: a reference to the level, not a second copy of it
         files = {f.path for f in client.list_artifacts(child.info.run_id, "checkpoint")}
-        assert "checkpoint/state.pt" in files
+        assert files == {"checkpoint/checkpoint.json"}
+        assert tags["impsweep.checkpoint_uri"].endswith(f"lineages/{tags['impsweep.checkpoint_id']}")
 
 
 def test_tables_hold_exactly_the_pair_set(demo_run):

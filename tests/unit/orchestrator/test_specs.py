@@ -158,3 +158,20 @@ def test_ray_storage_is_under_the_workdir_unless_storage_path_names_another():
     assert load_sweep({**BASE, "workdir": "s3://bucket/w", "tracking_uri": "http://127.0.0.1:5000"}
                       ).resolved_storage_path == "s3://bucket/w/ray"
     assert load_sweep({**BASE, "storage_path": "s3://bucket/tune"}).resolved_storage_path == "s3://bucket/tune"
+
+
+def test_checkpoint_artifacts_defaults_to_weights_and_a_bad_value_exits_2(tmp_path, capsys):
+    from typing import get_args
+
+    from orchestrator.specs import SweepSpec
+    from trainables.artifacts import CHECKPOINT_ARTIFACTS, DEFAULT_CHECKPOINT_ARTIFACTS
+
+    field = SweepSpec.model_fields["checkpoint_artifacts"]  # the sweep offers what log_level knows
+    assert get_args(field.annotation) == CHECKPOINT_ARTIFACTS and field.default == DEFAULT_CHECKPOINT_ARTIFACTS
+    assert load_sweep(BASE).checkpoint_artifacts == "weights"
+    assert load_sweep({**BASE, "checkpoint_artifacts": "none"}).checkpoint_artifacts == "none"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "workdir": str(tmp_path / "w"), "checkpoint_artifacts": "all"}))
+    assert main(["run", str(path)]) == 2
+    assert "checkpoint_artifacts: Input should be 'weights', 'full' or 'none' (got 'all')" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()

@@ -15,7 +15,8 @@ from trainables.trials import (
     SAMPLE_KEY, BundleTrial, LineageTrial, SearchTrial, grid_param_space, name_trial, read_trial, trial_lineages,
 )
 
-REF = TrackingRef(tracking_uri="sqlite:///m.db", experiment_id="1", parent_run_id="p", sweep="s", code_rev="r")
+REF = TrackingRef(tracking_uri="sqlite:///m.db", experiment_id="1", parent_run_id="p", sweep="s", code_rev="r",
+                  checkpoint_artifacts="full")
 BASE = {"model": "lenet_300_100", "dataset": "digits", "train": {"lr": 0.05, "epochs": 1}}
 
 
@@ -35,10 +36,12 @@ def test_a_lineage_trial_round_trips_with_the_tracking_ref_as_its_fields(tiny_sp
     assert config == {"lineage": {"lineage_id": trial.lineage_id, "spec": trial.spec.model_dump(mode="json"),
                                   "workdir": "/w", "tracking": {
                                       "tracking_uri": "sqlite:///m.db", "experiment_id": "1", "parent_run_id": "p",
-                                      "sweep": "s", "code_rev": "r"}}}
+                                      "sweep": "s", "code_rev": "r", "checkpoint_artifacts": "full"}}}
     assert LineageTrial.from_config(_crossed(config)) == trial
     assert read_trial(_crossed(config)) == trial
     assert trial.lineage_ids == (trial.lineage_id,)
+    del config["lineage"]["tracking"]["checkpoint_artifacts"]  # a trial configured before the field
+    assert LineageTrial.from_config(_crossed(config)).tracking.checkpoint_artifacts == "weights"
 
 
 def test_a_bundle_trial_round_trips(tiny_spec):
@@ -57,7 +60,7 @@ def test_a_search_trial_round_trips_with_and_without_its_sample():
     space = SearchTrial(BASE, "/w", REF)
     assert space.to_config() == {"lineage": {"base": BASE, "workdir": "/w", "tracking": {
         "tracking_uri": "sqlite:///m.db", "experiment_id": "1", "parent_run_id": "p", "sweep": "s",
-        "code_rev": "r"}}}
+        "code_rev": "r", "checkpoint_artifacts": "full"}}}
     assert SearchTrial.from_config(_crossed(space.to_config())) == space
     sampled = SearchTrial(BASE, "/w", REF, {"train.lr": 0.02})
     config = sampled.to_config()
