@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -37,6 +38,18 @@ def namespaces_unusable() -> str | None:
     return None if probe.returncode == 0 else f"unshare --mount fails here: {probe.stderr.strip()}"
 
 
+def _private_tmp_script() -> str:
+    """Shell lines that mount a tmpfs over /tmp, then bind back the code and the Python environment
+    the node runs (a checkout or venv under /tmp would vanish with it; each folder is opened
+    before the mount and bound from its descriptor, which still reaches the disk below)."""
+    kept = sorted({p for p in (REPO, Path(sys.prefix).resolve()) if Path("/tmp") in p.parents})
+    kept = [p for p in kept if not any(q in p.parents for q in kept)]  # a venv inside the checkout
+    opened = "".join(f"exec {3 + i}<{shlex.quote(str(p))} && " for i, p in enumerate(kept))
+    bound = "".join(f"mkdir -p {shlex.quote(str(p))} && mount --no-canonicalize --bind /proc/self/fd/{3 + i} "
+                    f"{shlex.quote(str(p))} && exec {3 + i}<&- && " for i, p in enumerate(kept))
+    return f"{opened}mount -t tmpfs tmpfs /tmp && {bound}"
+
+
 def node_env(base: dict[str, str], **extra: str) -> dict[str, str]:
     """`base` as every process of the cluster needs it: the venv's tools first on PATH (a job's
     entrypoint inherits the node's PATH), this checkout importable (Ray workers and job
@@ -54,7 +67,7 @@ class Node:
     its own over /tmp). `kill()` ends every process of the namespace."""
 
     def __init__(self, ray_args: list[str], *, env: dict[str, str], log: Path, private_tmp: bool):
-        script = ("mount -t tmpfs tmpfs /tmp && " if private_tmp else "") + 'exec "$@"'
+        script = (_private_tmp_script() if private_tmp else "") + 'exec "$@"'
         with open(log, "ab") as out:
             self.process = subprocess.Popen([*_UNSHARE, "sh", "-c", script, "node", str(BIN / "ray"), "start",
                                              *ray_args, "--block"], env=env, stdout=out, stderr=subprocess.STDOUT)
