@@ -153,6 +153,8 @@ def child(what: str, n: int, uri: str, workdir: str) -> dict:
     from analysis.catalog import build_catalog
     from orchestrator.plan import plan_sweep
 
+    if what == "parents":
+        return create_parents(n, uri, workdir)
     sweep = sweep_spec(n, workdir=workdir, tracking_uri=uri)
     specs = sweep.lineages  # expanded before the baseline: the grid is no part of what is measured
     baseline = rss_bytes()
@@ -242,9 +244,37 @@ def run_bench(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
-def parent_creation(tmp: Path, codes: dict[str, Path]) -> dict:
-    """Seconds per parent run created by `ensure_parent_runs` (placeholder, filled below)."""
-    return {}
+def parent_creation(tmp: Path, codes: dict[str, Path], n: int = 200) -> dict:
+    """Seconds per parent run that `ensure_parent_runs` creates for `n` new lineages, on an
+    embedded SQLite store and on a server, with the code of each version."""
+    from orchestrator.mlflow_server import MlflowServer
+
+    out = {}
+    with MlflowServer(f"sqlite:///{tmp / 'parents-server.db'}", tmp / "parents-artifacts") as server:
+        for version, code in codes.items():
+            for store, uri in (("sqlite", f"sqlite:///{tmp / f'parents-{version}.db'}"), ("server", server.uri)):
+                m = measure("parents", n, uri, tmp / f"parents-{version}-{store}", code)
+                out[f"{store}_{version}_s_per_run"] = m["s_per_run"]
+                print(f"parent runs, {store}, {version}: {m['s_per_run'] * 1e3:.1f} ms each", flush=True)
+    return {"lineages": n, **out}
+
+
+def create_parents(n: int, uri: str, workdir: str) -> dict:
+    """Time `ensure_parent_runs` for `n` lineages none of which has a parent run yet."""
+    from mlflow.tracking import MlflowClient
+
+    from trainables.tracking import ensure_experiment, ensure_parent_runs
+
+    sweep = sweep_spec(n, workdir=workdir, tracking_uri=uri)
+    client = MlflowClient(uri)
+    experiment = ensure_experiment(client, Path(workdir).name)  # a fresh experiment per measurement
+    client.search_runs([experiment], max_results=1)  # the store created before timing
+    offset = int(hashlib.md5(workdir.encode()).hexdigest()[:6], 16) * 1000  # lineages new to the store
+    specs = [spec.model_copy(update={"seed": spec.seed + offset}) for spec in sweep.lineages]
+    t0 = time.perf_counter()
+    ensure_parent_runs(client, specs, experiment_id=experiment, sweep=Path(workdir).name,
+                       code_rev="bench")
+    return {"s_per_run": round((time.perf_counter() - t0) / n, 4)}
 
 
 if __name__ == "__main__":
