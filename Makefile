@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/orchestration_bench.py
 	$(PY) benchmarks/analysis_bench.py
 	$(PY) benchmarks/storage_bench.py
+	$(PY) benchmarks/tracking_bench.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -217,6 +217,7 @@ def run_bench(args: argparse.Namespace) -> None:
                "memory": "peak RSS (getrusage ru_maxrss) above the RSS after imports, in a fresh subprocess",
                "catalog": "build_catalog in full, workdir with each lineage's spec.json and no level folders",
                "server": "mlflow server on 127.0.0.1, SQLite backend, 1 worker", "sizes": {}}
+    path = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "tracking-cpu.json"
     with tempfile.TemporaryDirectory() as tmp:
         codes = {"after": ROOT}
         if args.before:
@@ -239,8 +240,7 @@ def run_bench(args: argparse.Namespace) -> None:
                         print(f"{n} lineages, {what} {version}: {m['wall_s']:.1f} s, "
                               f"+{m['peak_above_baseline_mb']:.0f} MB ({m['rows']} rows, {m['digest']})", flush=True)
             results["sizes"][str(n)] = row
-    results.update(session.facts(torch.device("cpu")))
-    out = write_results(results, Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "tracking-cpu.json")
+            out = write_results({**results, **session.facts(torch.device("cpu"))}, path)  # each size as it ends
     print(f"wrote {out}")
 
 
