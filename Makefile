@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/orchestration_bench.py
 	$(PY) benchmarks/analysis_bench.py
 	$(PY) benchmarks/storage_bench.py
+	$(PY) benchmarks/tracking_bench.py
 
 # Starts or updates the Ray cluster of cluster.yaml (`ray` from PATH; e.g. RAY_UP_ARGS=-y). Its
 # rsync leaves out .git, so the revision of the code it copies is recorded first in

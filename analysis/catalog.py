@@ -16,7 +16,8 @@ from trainables.checkpoints import LineageCheckpoints
 from trainables.ids import parse_lineage_id
 from trainables import layout
 from trainables.storage import Store, as_store, is_object_store
-from trainables.tracking import KIND_LEVEL, LEVEL_METRICS, TAG, search_all, sweep_members, tag_filter
+from trainables.records import LevelRun, ParentRun, finished_level_runs, level_experiments, parent_runs
+from trainables.tracking import LEVEL_METRICS
 
 CATALOG_COLUMNS = {
     "checkpoint_id": pl.String, "lineage_id": pl.String, "config_id": pl.String, "level": pl.Int32,
@@ -25,9 +26,9 @@ CATALOG_COLUMNS = {
 }
 
 
-def sweep_lineage_runs(client: MlflowClient, sweep: str) -> list:
+def sweep_lineage_runs(client: MlflowClient, sweep: str) -> list[ParentRun]:
     """Parent runs of the lineages that are members of `sweep`."""
-    return search_all(client, sweep_members(sweep))
+    return parent_runs(client, sweep=sweep)
 
 
 def build_catalog(sweep: str, *, tracking_uri: str, workdir: str | os.PathLike | Store) -> pl.DataFrame:
@@ -37,23 +38,24 @@ def build_catalog(sweep: str, *, tracking_uri: str, workdir: str | os.PathLike |
     points where it should be), so that the analysis reports it rather than silently skipping it.
     """
     client, workdir = MlflowClient(tracking_uri), as_store(workdir)
-    lineage_ids = sorted({r.data.tags[f"{TAG}lineage_id"] for r in sweep_lineage_runs(client, sweep)})
+    parents = sweep_lineage_runs(client, sweep)
+    lineage_ids = sorted({p.lineage_id for p in parents})
     specs = {lid: _stored_spec(workdir, lid) for lid in lineage_ids}
     level_rows, layer_rows, catalog_rows = [], [], []
-    for run in _finished_levels(client, set(lineage_ids)):
-        tags = run.data.tags
-        lid, cid, level = tags[f"{TAG}lineage_id"], tags[f"{TAG}checkpoint_id"], int(tags[f"{TAG}level"])
+    experiments = level_experiments(client, sweep, lineage_ids, parents=parents)
+    for run in _finished_levels(client, set(lineage_ids), experiments):
+        lid, cid, level = run.lineage_id, run.checkpoint_id, run.level
         stored = LineageCheckpoints(workdir, lid)
         path, uri = _level_location(stored.level_dir(level))
         level_rows.append({"checkpoint_id": cid, "lineage_id": lid, "level": level,
-                           **{k: run.data.metrics.get(k) for k in LEVEL_METRICS},
-                           "checkpoint_uri": uri, "mlflow_run_id": run.info.run_id})
+                           **{k: run.metrics.get(k) for k in LEVEL_METRICS},
+                           "checkpoint_uri": uri, "mlflow_run_id": run.run_id})
         layer_rows += _layer_rows(stored, level, cid)
         spec = specs[lid]["spec"]
         catalog_rows.append({"checkpoint_id": cid, "lineage_id": lid, "config_id": parse_lineage_id(lid)[0],
                              "level": level, "model": spec["model"], "dataset": spec["dataset"], "seed": spec["seed"],
                              "checkpoint_path": path, "spec_json": json.dumps(spec, sort_keys=True),
-                             "mlflow_run_id": run.info.run_id})
+                             "mlflow_run_id": run.run_id})
     upsert(workdir, "lineages", rows=[_lineage_row(lid, specs[lid]) for lid in lineage_ids], key=["lineage_id"])
     upsert(workdir, "sweep_lineages", rows=[{"sweep": sweep, "lineage_id": lid} for lid in lineage_ids],
            key=["sweep", "lineage_id"])
@@ -62,16 +64,14 @@ def build_catalog(sweep: str, *, tracking_uri: str, workdir: str | os.PathLike |
     return pl.DataFrame(catalog_rows, schema=CATALOG_COLUMNS).sort("checkpoint_id")
 
 
-def _finished_levels(client: MlflowClient, lineage_ids: set[str]) -> list:
+def _finished_levels(client: MlflowClient, lineage_ids: set[str], experiment_ids: list[str]) -> list[LevelRun]:
     """The FINISHED level runs of `lineage_ids`, oldest first, one per checkpoint (the earliest
     if an old bug made two)."""
-    runs = [r for r in search_all(client, tag_filter(kind=KIND_LEVEL))
-            if r.info.status == "FINISHED" and r.data.tags.get(f"{TAG}lineage_id") in lineage_ids]
+    runs = list(finished_level_runs(client, lineage_ids, experiment_ids=experiment_ids)) if lineage_ids else []
     seen, out = set(), []
-    for run in sorted(runs, key=lambda r: r.info.start_time or 0):
-        cid = run.data.tags[f"{TAG}checkpoint_id"]
-        if cid not in seen:
-            seen.add(cid)
+    for run in sorted(runs, key=lambda r: r.start_time):
+        if run.checkpoint_id not in seen:
+            seen.add(run.checkpoint_id)
             out.append(run)
     return out
 

@@ -102,7 +102,7 @@ def _log_to_mlflow(folder: Path, sweep: str, tracking_uri: str) -> None:
     pngs = sorted(folder.glob("*.png"))
     for run in sweep_lineage_runs(client, sweep):
         for png in pngs:
-            client.log_artifact(run.info.run_id, str(png), artifact_path="report")
+            client.log_artifact(run.run_id, str(png), artifact_path="report")
 
 
 _CSS = """

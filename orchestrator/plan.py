@@ -21,9 +21,8 @@ from trainables.checkpoints import LineageCheckpoints
 from trainables.ids import lineage_id
 from trainables.lineage_run import final_level
 from trainables.specs import LineageSpec, with_overrides
-from trainables.tracking import (
-    KIND_LEVEL, TAG, search_all, set_lineage_status, stopped_tag, sweep_members, tag_filter,
-)
+from trainables.records import finished_level_runs, level_experiments, stream_runs
+from trainables.tracking import TAG, search_all, set_lineage_status, stopped_tag, sweep_members
 
 
 @dataclass(frozen=True)
@@ -46,16 +45,17 @@ class LineagePlan:
         return self.metrics.get("test_acc")
 
 
-def _finished_levels(client: MlflowClient | None) -> dict[str, dict[int, dict[str, float]]]:
-    """lineage id -> {level: metrics} of every FINISHED level run in the tracking store."""
-    if client is None:
+def _finished_levels(client: MlflowClient | None, sweep: str,
+                     lineage_ids: Collection[str]) -> dict[str, dict[int, dict[str, float]]]:
+    """lineage id -> {level: metrics} of the FINISHED level runs of `lineage_ids` (the earliest
+    run if an old bug made two: MLflow lists the newest first), searched only in the
+    experiments that can hold them."""
+    if client is None or not lineage_ids:
         return {}
     out: dict[str, dict[int, dict[str, float]]] = {}
-    for run in search_all(client, tag_filter(kind=KIND_LEVEL)):
-        if run.info.status != "FINISHED":
-            continue
-        tags = run.data.tags
-        out.setdefault(tags[f"{TAG}lineage_id"], {})[int(tags[f"{TAG}level"])] = run.data.metrics
+    experiments = level_experiments(client, sweep, lineage_ids)
+    for run in finished_level_runs(client, lineage_ids, experiment_ids=experiments):
+        out.setdefault(run.lineage_id, {})[run.level] = run.metrics
     return out
 
 
@@ -71,16 +71,19 @@ def searched_lineages(sweep: SweepSpec, client: MlflowClient | None) -> Searched
     order they started; with the last level of those its scheduler stopped."""
     if client is None:
         return SearchedLineages([], {})
-    runs = search_all(client, sweep_members(sweep.name))
+    # Kept per run: what this needs, not the Run (a page of those is held at a time).
+    space = tuple(sweep.search.space)
+    runs = [(run.info.start_time or 0, run.data.tags[f"{TAG}lineage_id"], run.data.tags.get(stopped_tag(sweep.name)),
+             {k: v for k, v in run.data.params.items() if k in space})
+            for run in stream_runs(client, sweep_members(sweep.name))]
     specs, stops, store = [], {}, sweep.store
-    for run in sorted(runs, key=lambda r: r.info.start_time or 0):
-        lid = run.data.tags[f"{TAG}lineage_id"]
-        if (stop := run.data.tags.get(stopped_tag(sweep.name))) is not None:
+    for _, lid, stop, params in sorted(runs, key=lambda r: r[0]):
+        if stop is not None:
             stops[lid] = int(stop)
         stored = LineageCheckpoints(store, lid).stored_spec()
         if stored is not None:
             specs.append(LineageSpec.model_validate(stored["spec"]))
-        elif (spec := _spec_from_params(sweep, run.data.params, lid)) is not None:
+        elif (spec := _spec_from_params(sweep, params, lid)) is not None:
             specs.append(spec)
     return SearchedLineages(specs, stops)
 
@@ -111,9 +114,9 @@ def plan_sweep(sweep: SweepSpec, client: MlflowClient | None = None) -> list[Lin
     """The plan of every lineage of `sweep`, in sweep order. Creates nothing."""
     if client is None and tracking_store_exists(sweep):
         client = MlflowClient(sweep.resolved_tracking_uri)
-    finished = _finished_levels(client)
     plans, store = [], sweep.store
     specs, stops = (sweep.lineages, {}) if sweep.search is None else searched_lineages(sweep, client)
+    finished = _finished_levels(client, sweep.name, {lineage_id(spec) for spec in specs})
     for spec in specs:
         lid = lineage_id(spec)
         n_levels = final_level(store, spec) + 1

@@ -121,6 +121,13 @@ def lineage_tags(spec: LineageSpec, code_rev: str) -> dict[str, str]:
     return tags
 
 
+def parent_params(spec: LineageSpec) -> list[Param]:
+    """A parent run's params: the flattened identity spec (defaults included, so the UI shows
+    them all), each value cut to MLflow's 6,000 characters."""
+    full = {k: v for k, v in spec.model_dump(mode="json").items() if k not in RUNTIME_FIELDS}
+    return [Param(k, v[:6000]) for k, v in sorted(flatten(full).items())]
+
+
 def ensure_parent_run(
     client: MlflowClient, spec: LineageSpec, *, experiment_id: str, sweep: str, code_rev: str
 ) -> str:
@@ -133,18 +140,27 @@ def ensure_parent_run(
 def ensure_parent_runs(
     client: MlflowClient, specs: list[LineageSpec], *, experiment_id: str, sweep: str, code_rev: str
 ) -> dict[str, str]:
-    """`ensure_parent_run` for many lineages: one search for the parent runs that exist (a
-    search per lineage costs more than creating its run), then only the missing ones are
-    created. Returns lineage id -> parent run id."""
+    """`ensure_parent_run` for many lineages: one streamed search for the parent runs that exist
+    (a search per lineage costs more than creating its run), then only the missing ones are
+    created, three calls each (MLflow 3.17 has no call that creates several runs, and requests
+    sent 8 at a time to a one-worker server saved nothing: 86 against 80 ms a run). Returns
+    lineage id -> parent run id."""
+    from trainables.records import parent_runs
+
     wanted = {lineage_id(spec): spec for spec in specs}
-    found: dict[str, list] = {lid: [] for lid in wanted}
-    for run in search_all(client, tag_filter(kind=KIND_LINEAGE)):
-        lid = run.data.tags.get(f"{TAG}lineage_id")
-        if lid in found:
-            found[lid].append(run)
-    return {lid: _ensure_parent(client, spec, experiment_id=experiment_id, found=found[lid], sweep=sweep,
-                                code_rev=code_rev)
-            for lid, spec in wanted.items()}
+    found: dict[str, list] = {}
+    for parent in parent_runs(client, lineage_ids=wanted):
+        found.setdefault(parent.lineage_id, []).append(parent)
+    out = {}
+    for lid, parents in found.items():
+        run = min(parents, key=lambda p: (p.start_time, p.run_id))  # `earliest`, ties as MLflow lists them
+        if sweep not in run.sweeps:
+            client.set_tag(run.run_id, sweep_tag(sweep), "1")
+        out[lid] = run.run_id
+    for lid, spec in wanted.items():
+        if lid not in found:
+            out[lid] = _create_parent(client, spec, experiment_id=experiment_id, sweep=sweep, code_rev=code_rev)
+    return {lid: out[lid] for lid in wanted}
 
 
 def _ensure_parent(client: MlflowClient, spec: LineageSpec, *, experiment_id: str, found: list,
@@ -157,12 +173,15 @@ def _ensure_parent(client: MlflowClient, spec: LineageSpec, *, experiment_id: st
         if run.data.tags.get(member) != "1":
             client.set_tag(run.info.run_id, member, "1")
         return run.info.run_id
+    return _create_parent(client, spec, experiment_id=experiment_id, sweep=sweep, code_rev=code_rev)
+
+
+def _create_parent(client: MlflowClient, spec: LineageSpec, *, experiment_id: str, sweep: str, code_rev: str) -> str:
+    """A new parent run (SCHEDULED) for `spec`: three calls when it has at most 100 params."""
     lid = lineage_id(spec)
     run_id = client.create_run(experiment_id, run_name=lid,
-                               tags={**lineage_tags(spec, code_rev), member: "1"}).info.run_id
-    # Params are the flattened identity spec (defaults included, so the UI shows them all).
-    full = {k: v for k, v in spec.model_dump(mode="json").items() if k not in RUNTIME_FIELDS}
-    params = [Param(k, v[:6000]) for k, v in sorted(flatten(full).items())]
+                               tags={**lineage_tags(spec, code_rev), sweep_tag(sweep): "1"}).info.run_id
+    params = parent_params(spec)
     for i in range(0, len(params), _MAX_PARAMS_PER_BATCH):
         client.log_batch(run_id, params=params[i : i + _MAX_PARAMS_PER_BATCH])
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.SCHEDULED))
