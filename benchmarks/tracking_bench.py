@@ -42,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "benchmarks" / ".cache"
 LEVELS = 20  # dense level 0 and 19 pruned levels
-FILL_VERSION = 1  # bump when the synthetic record changes, so that cached databases are refilled
+FILL_VERSION = 2  # 2: with the level index; bump when the synthetic record changes, so that cached databases are refilled
 BEFORE = "e3d2d1f"  # the last revision that read every run of every experiment
 
 
@@ -107,6 +107,24 @@ def fill(db: Path, n: int) -> None:
                         'VALUES (?, ?, ?, ?, 0, ?)', latest)
 
 
+def add_level_index(db: Path, n: int) -> None:
+    """The experiment's level index (`trainables.level_index`) as trials write it: an entry per
+    lineage with its levels' run ids and metrics, and the tag saying the index is complete."""
+    from trainables.ids import lineage_id
+    from trainables.level_index import COMPLETE_TAG, IndexedLevel, entry_key, entry_value
+
+    sweep = sweep_spec(n, workdir=str(db.parent / "workdir"))
+    rows = [(COMPLETE_TAG, "1")]
+    for i, spec in enumerate(sweep.lineages):
+        lid = lineage_id(spec)
+        levels = {level: IndexedLevel(_uuid(lid, level), _metrics(i, level)) for level in range(LEVELS)}
+        rows.append((entry_key(lid), entry_value(levels)))
+    with sqlite3.connect(db) as con:
+        (experiment,) = con.execute("SELECT experiment_id FROM experiments WHERE name = ?", (sweep.name,)).fetchone()
+        con.executemany('INSERT INTO experiment_tags ("key", value, experiment_id) VALUES (?, ?, ?)',
+                        [(k, v, experiment) for k, v in rows])
+
+
 def _metrics(i: int, level: int) -> dict[str, float]:
     sparsity = 1 - 0.8**level
     acc = 0.97 - 0.002 * level + 0.0001 * (i % 7)
@@ -121,14 +139,20 @@ def cached_db(n: int) -> Path:
     from trainables.ids import lineage_id
 
     first = lineage_id(sweep_spec(1, workdir="/unused").lineages[0])
-    key = f"n{n}-levels{LEVELS}-fill{FILL_VERSION}-mlflow{mlflow.__version__}-{first}"
-    db = CACHE / key / "mlflow.db"
+    key = f"n{n}-levels{LEVELS}-fill{{}}-mlflow{mlflow.__version__}-{first}"
+    db = CACHE / key.format(FILL_VERSION) / "mlflow.db"
     if not db.exists():
         db.parent.mkdir(parents=True, exist_ok=True)
         partial = db.with_name("filling.db")
         partial.unlink(missing_ok=True)
         t0 = time.perf_counter()
-        fill(partial, n)
+        runs_only = CACHE / key.format(1) / "mlflow.db"  # fill 1: the same runs, without the index
+        if runs_only.exists():
+            runs_only.rename(partial)
+            runs_only.parent.rmdir()
+        else:
+            fill(partial, n)
+        add_level_index(partial, n)
         partial.rename(db)
         print(f"filled {db.parent.name} in {time.perf_counter() - t0:.0f}s", flush=True)
     return db

@@ -20,6 +20,7 @@ from orchestrator.specs import SweepSpec
 from trainables.checkpoints import LineageCheckpoints
 from trainables.storage import is_object_store
 from trainables.ids import parse_lineage_id
+from trainables.level_index import COMPLETE_TAG, rebuild_index
 from trainables.tracking import TrackingRef, ensure_experiment, ensure_parent_runs
 from trainables.trials import BundleTrial, LineageTrial, grid_param_space
 
@@ -44,7 +45,10 @@ def prepare_tracking(sweep: SweepSpec) -> tuple[MlflowClient, str]:
     # A tracking server decides where artifacts go; any other store is told (never the current directory).
     served = sweep.resolved_tracking_uri.startswith(("http://", "https://"))
     artifact_location = None if served else sweep.artifact_location
-    return client, ensure_experiment(client, sweep.name, artifact_location=artifact_location)
+    experiment_id = ensure_experiment(client, sweep.name, artifact_location=artifact_location)
+    if client.get_experiment(experiment_id).tags.get(COMPLETE_TAG) != "1":  # new, or logged before the index
+        rebuild_index(client, experiment_id)
+    return client, experiment_id
 
 
 def run_sweep(sweep: SweepSpec, *, echo: Echo = print) -> SweepOutcome:

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from trainables.ids import lineage_id
+from trainables.level_index import IndexedLevel, write_entry
 from trainables.lineage import run_lineage
 from trainables.lineage_run import LevelResult
 from trainables.specs import LineageSpec
@@ -88,6 +89,7 @@ class _Recorder:
         self.tags = {k: v for k, v in lineage_tags(spec, self.ref.code_rev).items() if k != f"{TAG}kind"}
         self.lineage_id = lineage_id(spec)
         self.known: dict[int, Any] | None = None  # the lineage's level runs, read at its first level
+        self.indexed: dict[int, IndexedLevel] = {}  # its entry in the experiment's level index
         self.n_levels = spec.prune.n_levels + 1
         self.report_every_s = spec.report_every_s
         self.last_level: LevelResult | None = None
@@ -100,7 +102,12 @@ class _Recorder:
         meanwhile and log the levels this one will then read back."""
         if self.known is None:
             self.known = find_level_runs(self.client, self.lineage_id, experiment_ids=[self.ref.experiment_id])
-        log_level(self.client, result, ref=self.ref, tags=self.tags, known=self.known)
+            self.indexed = {level: IndexedLevel(run.info.run_id, dict(run.data.metrics))
+                            for level, run in self.known.items() if run.info.status == "FINISHED"}
+        run_id = log_level(self.client, result, ref=self.ref, tags=self.tags, known=self.known)
+        if result.level not in self.indexed:
+            self.indexed[result.level] = IndexedLevel(run_id, {k: float(result.metrics[k]) for k in LEVEL_METRICS})
+        write_entry(self.client, self.ref.experiment_id, self.lineage_id, self.indexed)
         self.last_level = result
         self._report({"kind": "level", "level": result.level, "resumed": result.resumed, **result.metrics}, result)
 

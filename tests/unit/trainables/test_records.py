@@ -10,6 +10,7 @@ from analysis.catalog import _finished_levels as catalog_levels
 from orchestrator.plan import _finished_levels as plan_levels
 from trainables import LineageSpec, lineage_id
 from trainables.ids import checkpoint_id
+from trainables.level_index import IndexedLevel, entry_value, parse_entry, read_index, rebuild_index, write_entry
 from trainables.records import level_experiments, parent_runs
 from trainables.tracking import (
     KIND_LEVEL, KIND_LINEAGE, LEVEL_METRICS, TAG, ensure_parent_run, ensure_parent_runs, lineage_tags, search_all,
@@ -111,3 +112,30 @@ def test_batch_created_parent_runs_match_those_created_one_by_one(record, tmp_pa
         assert run.data.tags == {**lineage_tags(spec, "r"), sweep_tag("s"): "1", "mlflow.runName": lineage_id(spec)}
         assert set(run.data.params) == set(reference.data.params)
         assert run.data.params["seed"] == str(spec.seed)
+
+
+def test_the_level_index_answers_as_the_runs_do(record):
+    """Planning reads the experiments' level index once every experiment holding level runs is
+    indexed; until then (an experiment logged before the index), the runs."""
+    client, ex, lids = record
+    wanted = set(lids)
+    from_runs = plan_levels(client, "a", wanted)
+    assert not read_index(client).complete
+    for experiment in [ex["a"], ex["b"], ex["c"]]:
+        rebuild_index(client, experiment)
+    assert not read_index(client).complete  # the default experiment holds a level run, unindexed
+    rebuild_index(client, "0")
+    index = read_index(client)
+    assert index.complete and index.levels[lids[0]] == {0, 1}  # levels of one lineage in two experiments
+    from_index = plan_levels(client, "a", wanted)
+    assert {lid: dict(levels) for lid, levels in from_index.items()} == from_runs
+    # a trial's entry after each level it logs: the new level joins the entry
+    write_entry(client, ex["c"], lids[3], {0: IndexedLevel("r0", {"test_acc": 0.5}),
+                                            1: IndexedLevel("r1", {"test_acc": 0.25})})
+    assert dict(plan_levels(client, "c", {lids[3]})[lids[3]]) == {0: {"test_acc": 0.5}, 1: {"test_acc": 0.25}}
+
+
+def test_an_entry_too_long_for_a_tag_is_left_out():
+    levels = {i: IndexedLevel("x" * 32, {k: 0.123456789 for k in LEVEL_METRICS}) for i in range(200)}
+    assert entry_value(levels) is None and entry_value({}) is None
+    assert parse_entry(entry_value({3: levels[3]})) == {3: levels[3]}

@@ -5,7 +5,7 @@ from mlflow.tracking import MlflowClient
 
 from trainables import lineage_id
 from trainables.ids import parse_lineage_id
-from trainables.tracking import KIND_LINEAGE, TAG, ensure_parent_run, ensure_parent_runs, search_all, tag_filter
+from trainables.tracking import GIT_COMMIT_TAG, KIND_LINEAGE, TAG, ensure_parent_run, ensure_parent_runs, search_all, tag_filter
 
 
 def test_parent_runs_are_created_once_and_joined_to_every_sweep(tiny_spec, tmp_path):
@@ -14,16 +14,19 @@ def test_parent_runs_are_created_once_and_joined_to_every_sweep(tiny_spec, tmp_p
     specs = [tiny_spec(seed=seed) for seed in range(3)]
     # one lineage already exists, recorded by another sweep one lineage at a time
     earlier = ensure_parent_run(client, specs[0], experiment_id=experiment, sweep="old", code_rev="r")
-    first = ensure_parent_runs(client, specs, experiment_id=experiment, sweep="new", code_rev="r")
+    rev = f"{'0123456789abcdef' * 2}01234567-dirty"  # code_rev of a checkout with changes
+    first = ensure_parent_runs(client, specs, experiment_id=experiment, sweep="new", code_rev=rev)
     assert set(first) == {lineage_id(s) for s in specs}
     assert first[lineage_id(specs[0])] == earlier
-    again = ensure_parent_runs(client, specs, experiment_id=experiment, sweep="new", code_rev="r")
+    again = ensure_parent_runs(client, specs, experiment_id=experiment, sweep="new", code_rev=rev)
     assert again == first
     runs = search_all(client, tag_filter(kind=KIND_LINEAGE))
     assert len(runs) == 3  # no duplicates
     for run in runs:
         assert run.data.tags[f"{TAG}sweep.new"] == "1"
         assert run.data.params["seed"] == str(parse_lineage_id(run.data.tags[f"{TAG}lineage_id"])[1])
+    created = [client.get_run(first[lineage_id(s)]).data.tags for s in specs[1:]]
+    assert all(t[GIT_COMMIT_TAG] == rev[:40] and t[f"{TAG}code_rev"] == rev for t in created)  # MLflow's source tag
     shared = client.get_run(earlier)
     assert shared.data.tags[f"{TAG}sweep.old"] == "1" and shared.data.tags[f"{TAG}sweep.new"] == "1"
 
