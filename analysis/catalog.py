@@ -13,8 +13,9 @@ from mlflow.tracking import MlflowClient
 
 from analysis.tables import upsert
 from trainables.checkpoints import LineageCheckpoints
-from trainables.ids import parse_lineage_id
+from trainables.ids import checkpoint_id, parse_lineage_id
 from trainables import layout
+from trainables.level_index import read_index
 from trainables.storage import Store, as_store, is_object_store
 from trainables.records import LevelRun, ParentRun, finished_level_runs, level_experiments, parent_runs
 from trainables.tracking import LEVEL_METRICS
@@ -41,9 +42,8 @@ def build_catalog(sweep: str, *, tracking_uri: str, workdir: str | os.PathLike |
     parents = sweep_lineage_runs(client, sweep)
     lineage_ids = sorted({p.lineage_id for p in parents})
     specs = {lid: _stored_spec(workdir, lid) for lid in lineage_ids}
-    level_rows, layer_rows, catalog_rows = [], [], []
-    experiments = level_experiments(client, sweep, lineage_ids, parents=parents)
-    for run in _finished_levels(client, set(lineage_ids), experiments):
+    level_rows, layer_rows, catalog_rows, spec_json = [], [], [], {}
+    for run in _finished_levels(client, sweep, parents):
         lid, cid, level = run.lineage_id, run.checkpoint_id, run.level
         stored = LineageCheckpoints(workdir, lid)
         path, uri = _level_location(stored.level_dir(level))
@@ -52,9 +52,11 @@ def build_catalog(sweep: str, *, tracking_uri: str, workdir: str | os.PathLike |
                            "checkpoint_uri": uri, "mlflow_run_id": run.run_id})
         layer_rows += _layer_rows(stored, level, cid)
         spec = specs[lid]["spec"]
+        if lid not in spec_json:  # one string per lineage, shared by its levels' rows
+            spec_json[lid] = json.dumps(spec, sort_keys=True)
         catalog_rows.append({"checkpoint_id": cid, "lineage_id": lid, "config_id": parse_lineage_id(lid)[0],
                              "level": level, "model": spec["model"], "dataset": spec["dataset"], "seed": spec["seed"],
-                             "checkpoint_path": path, "spec_json": json.dumps(spec, sort_keys=True),
+                             "checkpoint_path": path, "spec_json": spec_json[lid],
                              "mlflow_run_id": run.run_id})
     upsert(workdir, "lineages", rows=[_lineage_row(lid, specs[lid]) for lid in lineage_ids], key=["lineage_id"])
     upsert(workdir, "sweep_lineages", rows=[{"sweep": sweep, "lineage_id": lid} for lid in lineage_ids],
@@ -64,10 +66,20 @@ def build_catalog(sweep: str, *, tracking_uri: str, workdir: str | os.PathLike |
     return pl.DataFrame(catalog_rows, schema=CATALOG_COLUMNS).sort("checkpoint_id")
 
 
-def _finished_levels(client: MlflowClient, lineage_ids: set[str], experiment_ids: list[str]) -> list[LevelRun]:
-    """The FINISHED level runs of `lineage_ids`, oldest first, one per checkpoint (the earliest
-    if an old bug made two)."""
-    runs = list(finished_level_runs(client, lineage_ids, experiment_ids=experiment_ids)) if lineage_ids else []
+def _finished_levels(client: MlflowClient, sweep: str, parents: list[ParentRun]) -> list[LevelRun]:
+    """The FINISHED level runs of the lineages of `parents`, one per checkpoint (the earliest if
+    an old bug made two): from the experiments' level index when it is complete
+    (`trainables.level_index`), else from the runs, searched only in the experiments that can
+    hold them."""
+    lineage_ids = {p.lineage_id for p in parents}
+    if not lineage_ids:
+        return []
+    index = read_index(client)
+    if index.complete:
+        return [LevelRun(indexed.run_id, lid, level, checkpoint_id(lid, level), 0, indexed.metrics)
+                for lid in sorted(lineage_ids) for level, indexed in sorted(index.lineage(lid).items())]
+    experiments = level_experiments(client, sweep, lineage_ids, parents=parents)
+    runs = finished_level_runs(client, lineage_ids, experiment_ids=experiments)
     seen, out = set(), []
     for run in sorted(runs, key=lambda r: r.start_time):
         if run.checkpoint_id not in seen:

@@ -77,7 +77,7 @@ def test_plan_and_catalog_find_what_reading_every_run_found(record):
     assert levels == _old_plan_levels(client, wanted)
     assert sorted(levels[lids[0]]) == [0, 1] and sorted(levels[lids[1]]) == [0]  # RUNNING, FAILED left out
     assert levels[lids[2]][0]["test_acc"] == 0.1  # the earliest of two runs of a level
-    catalog = catalog_levels(client, wanted, level_experiments(client, "a", wanted))
+    catalog = catalog_levels(client, "a", [p for p in parent_runs(client) if p.lineage_id in wanted])
     old = sorted((r for r in search_all(client, tag_filter(kind=KIND_LEVEL)) if r.info.status == "FINISHED"
                   and r.data.tags[f"{TAG}lineage_id"] in wanted), key=lambda r: r.info.start_time)
     seen, expected = set(), []
@@ -120,6 +120,8 @@ def test_the_level_index_answers_as_the_runs_do(record):
     client, ex, lids = record
     wanted = set(lids)
     from_runs = plan_levels(client, "a", wanted)
+    parents = parent_runs(client)
+    catalog_from_runs = {(r.checkpoint_id, r.run_id, r.metrics["test_acc"]) for r in catalog_levels(client, "a", parents)}
     assert not read_index(client).complete
     for experiment in [ex["a"], ex["b"], ex["c"]]:
         rebuild_index(client, experiment)
@@ -129,6 +131,8 @@ def test_the_level_index_answers_as_the_runs_do(record):
     assert index.complete and index.levels[lids[0]] == {0, 1}  # levels of one lineage in two experiments
     from_index = plan_levels(client, "a", wanted)
     assert {lid: dict(levels) for lid, levels in from_index.items()} == from_runs
+    assert {(r.checkpoint_id, r.run_id, r.metrics["test_acc"]) for r in catalog_levels(client, "a", parents)} \
+        == catalog_from_runs
     # a trial's entry after each level it logs: the new level joins the entry
     write_entry(client, ex["c"], lids[3], {0: IndexedLevel("r0", {"test_acc": 0.5}),
                                             1: IndexedLevel("r1", {"test_acc": 0.25})})
