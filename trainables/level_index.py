@@ -11,7 +11,8 @@ impsweep creates the experiment, or after `rebuild_index` has read an older expe
 runs. While any experiment holding level runs lacks it, readers fall back to the runs.
 
 The runs stay the record; the index is derived from them. A run deleted by hand stays indexed
-until `rebuild_index` runs on its experiment.
+until `rebuild_index` runs on its experiment: delete the experiment's `impsweep.level_index` tag
+and the next `impsweep run` of its sweep indexes it again.
 """
 from __future__ import annotations
 
@@ -72,13 +73,15 @@ class LevelIndex(NamedTuple):
     entries: dict[str, list[str]]
     complete: bool
 
+    def lineage(self, lineage_id: str) -> dict[int, IndexedLevel]:
+        """The lineage's indexed levels (parsed on demand: the index is held as JSON)."""
+        merged: dict[int, IndexedLevel] = {}
+        for value in self.entries.get(lineage_id, ()):
+            merged = {**parse_entry(value), **merged}  # an older experiment's run of a level wins
+        return merged
+
     def metrics(self, lineage_id: str, level: int) -> dict[str, float]:
-        """The metrics of an indexed level (parsed on demand: the index is held as JSON)."""
-        for value in self.entries[lineage_id]:
-            found = parse_entry(value).get(level)
-            if found is not None:
-                return found.metrics
-        raise KeyError(level)
+        return self.lineage(lineage_id)[level].metrics
 
 
 def read_index(client: MlflowClient) -> LevelIndex:
@@ -120,5 +123,9 @@ def rebuild_index(client: MlflowClient, experiment_id: str) -> int:
             found[lid][level] = (start, IndexedLevel(run.info.run_id, dict(run.data.metrics)))
     for lid, levels in found.items():
         write_entry(client, experiment_id, lid, {level: indexed for level, (_, indexed) in levels.items()})
+    stale = [k for k in client.get_experiment(experiment_id).tags
+             if k.startswith(ENTRY_PREFIX) and k[len(ENTRY_PREFIX):] not in found]
+    for key in stale:  # lineages whose level runs were deleted since
+        client.delete_experiment_tag(experiment_id, key)
     client.set_experiment_tag(experiment_id, COMPLETE_TAG, "1")
     return len(found)

@@ -137,6 +137,11 @@ def test_the_level_index_answers_as_the_runs_do(record):
     write_entry(client, ex["c"], lids[3], {0: IndexedLevel("r0", {"test_acc": 0.5}),
                                             1: IndexedLevel("r1", {"test_acc": 0.25})})
     assert dict(plan_levels(client, "c", {lids[3]})[lids[3]]) == {0: {"test_acc": 0.5}, 1: {"test_acc": 0.25}}
+    # indexed again from the runs: the entry matches them again, an entry without runs goes
+    write_entry(client, ex["c"], "gone-s1", {0: IndexedLevel("r9", {})})
+    rebuild_index(client, ex["c"])
+    assert dict(plan_levels(client, "c", {lids[3]})[lids[3]]) == from_runs[lids[3]]
+    assert "gone-s1" not in read_index(client).levels
 
 
 def test_an_entry_too_long_for_a_tag_is_left_out():
