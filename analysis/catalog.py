@@ -78,7 +78,7 @@ def _finished_levels(client: MlflowClient, sweep: str, parents: list[ParentRun])
     if index.complete:
         return [LevelRun(indexed.run_id, lid, level, checkpoint_id(lid, level), 0, indexed.metrics)
                 for lid in sorted(lineage_ids) for level, indexed in sorted(index.lineage(lid).items())]
-    experiments = level_experiments(client, sweep, lineage_ids, parents=parents)
+    experiments = level_experiments(client, sweep, lineage_ids=lineage_ids, parents=parents)
     runs = finished_level_runs(client, lineage_ids, experiment_ids=experiments)
     seen, out = set(), []
     for run in sorted(runs, key=lambda r: r.start_time):

@@ -156,7 +156,7 @@ class CheckpointExtractor:
         from analysis.neurons import neuron_rows, psp_entropy
 
         rows = neuron_rows(cid, psp_entropy(model, x, y=y, num_classes=num_classes))
-        write_table(self.store, out, to_arrow(rows, "neurons"))
+        write_table(self.store, out, table=to_arrow(rows, "neurons"))
 
     def _receptive_fields(self, cid: str, model: nn.Module, masks, input_shape, target: Products) -> None:
         from analysis.receptive_fields import first_layer_mask, receptive_field_rows, receptive_fields
@@ -168,8 +168,9 @@ class CheckpointExtractor:
         hist = [{"checkpoint_id": cid, "layer": layer, "distance": float(d), "same_channel": int(s),
                  "cross_channel": int(c)}
                 for d, s, c in zip(centres, rf.displacement_same_channel, rf.displacement_cross_channel)]
-        write_table(self.store, target.displacements, to_arrow(hist, "displacements"))
-        write_table(self.store, target.receptive_fields, to_arrow(receptive_field_rows(cid, rf), "receptive_fields"))
+        write_table(self.store, target.displacements, table=to_arrow(hist, "displacements"))
+        write_table(self.store, target.receptive_fields,
+                    table=to_arrow(receptive_field_rows(cid, rf), "receptive_fields"))
 
     def _sharpness(self, model: nn.Module, masks, splits, out: str) -> None:
         from analysis.sharpness import sharpness

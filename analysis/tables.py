@@ -22,7 +22,7 @@ from trainables.storage import Store, as_store
 CATALOG_TABLES = ("lineages", "sweep_lineages", "levels", "layers")
 
 
-def write_table(store: Store, key: str, table: pa.Table) -> None:
+def write_table(store: Store, key: str, *, table: pa.Table) -> None:
     """`table` as the zstd-compressed Parquet file `key` of `store`, whole or not at all (a local
     temporary is hidden: polars and pyarrow skip names starting with '.')."""
     buffer = io.BytesIO()
@@ -64,7 +64,7 @@ def upsert(workdir: str | os.PathLike | Store, name: str, *, rows: Sequence[dict
             return 0
     else:
         merged = new.sort(key)
-    write_table(store, path, merged.to_arrow().cast(SCHEMAS[name]))
+    write_table(store, path, table=merged.to_arrow().cast(SCHEMAS[name]))
     return len(rows)
 
 
@@ -78,7 +78,7 @@ def update_columns(workdir: str | os.PathLike | Store, name: str, *, key: str, r
     new = pl.DataFrame(rows).cast({c: old.schema[c] for c in rows[0]})
     merged = old.update(new, on=key, how="left")
     if not merged.equals(old):
-        write_table(store, path, merged.to_arrow().cast(SCHEMAS[name]))
+        write_table(store, path, table=merged.to_arrow().cast(SCHEMAS[name]))
     return len(rows)
 
 

@@ -162,7 +162,7 @@ class TileWriter:
                 "options": json.dumps(options, sort_keys=True), "status": status,
             })
         path = layout.similarity_file(self.measure, analysis_id=self.analysis_id, tile_id=tile.tile_id)
-        write_table(self.sketches.store, path, to_arrow(out, "similarity"))
+        write_table(self.sketches.store, path, table=to_arrow(out, "similarity"))
         skipped = {(s.checkpoint_id, s.layer): s for s in (*rows, *cols) if isinstance(s, Skipped)}
         return len(out), list(skipped.values())
 

@@ -138,7 +138,7 @@ def bench_parquet(folder: Path) -> dict:
         data, store = rows(count), LocalStore(folder)
         t0 = time.perf_counter()
         for r in range(repeats):
-            write_table(store, f"parquet/p{count}-{r}.parquet", to_arrow(data, "similarity"))
+            write_table(store, f"parquet/p{count}-{r}.parquet", table=to_arrow(data, "similarity"))
         return (time.perf_counter() - t0) / repeats
     file_s = write(1, 10)
     big = TILE_SIZE * TILE_SIZE

@@ -58,7 +58,7 @@ def _finished_levels(client: MlflowClient | None, sweep: str,
     if index.complete:
         return {lid: _IndexedLevels(index, lid) for lid in lineage_ids if lid in index.levels}
     out: dict[str, dict[int, dict[str, float]]] = {}
-    experiments = level_experiments(client, sweep, lineage_ids)
+    experiments = level_experiments(client, sweep, lineage_ids=lineage_ids)
     for run in finished_level_runs(client, lineage_ids, experiment_ids=experiments):
         out.setdefault(run.lineage_id, {})[run.level] = run.metrics
     return out

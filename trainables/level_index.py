@@ -56,7 +56,7 @@ def parse_entry(value: str) -> dict[int, IndexedLevel]:
             for i, (level, run_id) in enumerate(zip(entry["levels"], entry["run_ids"]))}
 
 
-def write_entry(client: MlflowClient, experiment_id: str, lineage_id: str,
+def write_entry(client: MlflowClient, experiment_id: str, *, lineage_id: str,
                 levels: Mapping[int, IndexedLevel]) -> None:
     value = entry_value(levels)
     if value is not None:
@@ -122,7 +122,8 @@ def rebuild_index(client: MlflowClient, experiment_id: str) -> int:
         if seen is None or start < seen[0]:
             found[lid][level] = (start, IndexedLevel(run.info.run_id, dict(run.data.metrics)))
     for lid, levels in found.items():
-        write_entry(client, experiment_id, lid, {level: indexed for level, (_, indexed) in levels.items()})
+        write_entry(client, experiment_id, lineage_id=lid,
+                    levels={level: indexed for level, (_, indexed) in levels.items()})
     stale = [k for k in client.get_experiment(experiment_id).tags
              if k.startswith(ENTRY_PREFIX) and k[len(ENTRY_PREFIX):] not in found]
     for key in stale:  # lineages whose level runs were deleted since

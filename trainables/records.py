@@ -77,7 +77,7 @@ def parent_runs(client: MlflowClient, *, sweep: str | None = None,
     return [p for p in found if lineage_ids is None or p.lineage_id in lineage_ids]
 
 
-def lineage_parent_runs(client: MlflowClient, sweep: str, lineage_ids: Collection[str]) -> list[ParentRun]:
+def lineage_parent_runs(client: MlflowClient, sweep: str, *, lineage_ids: Collection[str]) -> list[ParentRun]:
     """The parent runs of `lineage_ids`: first those tagged as members of `sweep` (the narrow
     search, enough once the sweep has run), then, for lineages it did not find (a sweep not
     run yet, whose lineages another sweep may have run), every parent run."""
@@ -90,7 +90,7 @@ def lineage_parent_runs(client: MlflowClient, sweep: str, lineage_ids: Collectio
     return found
 
 
-def level_experiments(client: MlflowClient, sweep: str, lineage_ids: Collection[str], *,
+def level_experiments(client: MlflowClient, sweep: str, *, lineage_ids: Collection[str],
                       parents: Iterable[ParentRun] | None = None) -> list[str]:
     """The active experiments that can hold level runs of `lineage_ids`: those of their parent
     runs (`parents`, searched if None) and of the sweeps these are members of (`sweep`'s own
@@ -100,7 +100,7 @@ def level_experiments(client: MlflowClient, sweep: str, lineage_ids: Collection[
     if set(active) <= {sweep, "Default"}:
         return sorted(active.values(), key=int)
     names, ids = {sweep}, set()
-    for parent in lineage_parent_runs(client, sweep, lineage_ids) if parents is None else parents:
+    for parent in lineage_parent_runs(client, sweep, lineage_ids=lineage_ids) if parents is None else parents:
         ids.add(parent.experiment_id)
         names.update(parent.sweeps)
     ids = {i for i in ids if i in active.values()} | {active[name] for name in names if name in active}

@@ -107,7 +107,7 @@ class _Recorder:
         run_id = log_level(self.client, result, ref=self.ref, tags=self.tags, known=self.known)
         if result.level not in self.indexed:
             self.indexed[result.level] = IndexedLevel(run_id, {k: float(result.metrics[k]) for k in LEVEL_METRICS})
-        write_entry(self.client, self.ref.experiment_id, self.lineage_id, self.indexed)
+        write_entry(self.client, self.ref.experiment_id, lineage_id=self.lineage_id, levels=self.indexed)
         self.last_level = result
         self._report({"kind": "level", "level": result.level, "resumed": result.resumed, **result.metrics}, result)
 

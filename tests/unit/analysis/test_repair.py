@@ -21,9 +21,9 @@ def _row(a: str, b: str, status: str = "ok", aid: str = "a1") -> dict:
 def test_garbled_table_files_are_named_and_set_aside(tmp_path):
     store = LocalStore(tmp_path)
     write_table(store, layout.catalog_table_file("sweep_lineages"),
-                to_arrow([{"sweep": "s", "lineage_id": "cA-s0"}], "sweep_lineages"))
+                table=to_arrow([{"sweep": "s", "lineage_id": "cA-s0"}], "sweep_lineages"))
     good = layout.similarity_file("pwcca", analysis_id="a1", tile_id="t1")
-    write_table(store, good, to_arrow([_row("cA-s0/L00", "cA-s0/L01")], "similarity"))
+    write_table(store, good, table=to_arrow([_row("cA-s0/L00", "cA-s0/L01")], "similarity"))
     good, truncated = tmp_path / good, tmp_path / layout.similarity_file("pwcca", analysis_id="a1", tile_id="t2")
     truncated.write_bytes(good.read_bytes()[:-20])
     garbage = tmp_path / layout.catalog_table_file("levels")
@@ -41,10 +41,10 @@ def test_tiles_with_unreadable_activations_are_dropped_with_those_manifests(tmp_
     store, spec = LocalStore(tmp_path), AnalysisSpec(measures=("pwcca",))
     kept, dropped, other = (layout.similarity_file("pwcca", analysis_id=aid, tile_id=t)  # other: another analysis's
                             for aid, t in (("a1", "t1"), ("a1", "t2"), ("a2", "t3")))
-    write_table(store, kept, to_arrow([_row("cA-s0/L00", "cA-s0/L00")], "similarity"))
-    write_table(store, dropped, to_arrow([_row("cA-s0/L00", "cA-s0/L01"),
+    write_table(store, kept, table=to_arrow([_row("cA-s0/L00", "cA-s0/L00")], "similarity"))
+    write_table(store, dropped, table=to_arrow([_row("cA-s0/L00", "cA-s0/L01"),
                                           _row("cA-s0/L00", "cA-s0/L02", "unreadable")], "similarity"))
-    write_table(store, other, to_arrow([_row("cB-s0/L00", "cB-s0/L01", "unreadable", aid="a2")], "similarity"))
+    write_table(store, other, table=to_arrow([_row("cB-s0/L00", "cB-s0/L01", "unreadable", aid="a2")], "similarity"))
     kept, dropped, other = (tmp_path / key for key in (kept, dropped, other))
     manifests = {cid: tmp_path / products(tmp_path, spec=spec, checkpoint_id=cid).manifest
                  for cid in ("cA-s0/L00", "cA-s0/L01", "cA-s0/L02", "cB-s0/L00")}

@@ -72,7 +72,7 @@ def _old_plan_levels(client, lineage_ids):
 def test_plan_and_catalog_find_what_reading_every_run_found(record):
     client, ex, lids = record
     wanted = set(lids[:3])
-    assert level_experiments(client, "a", wanted) == sorted([ex["a"], ex["b"]], key=int)  # not c, not default
+    assert level_experiments(client, "a", lineage_ids=wanted) == sorted([ex["a"], ex["b"]], key=int)  # not c, not default
     levels = plan_levels(client, "a", wanted)
     assert levels == _old_plan_levels(client, wanted)
     assert sorted(levels[lids[0]]) == [0, 1] and sorted(levels[lids[1]]) == [0]  # RUNNING, FAILED left out
@@ -134,11 +134,11 @@ def test_the_level_index_answers_as_the_runs_do(record):
     assert {(r.checkpoint_id, r.run_id, r.metrics["test_acc"]) for r in catalog_levels(client, "a", parents)} \
         == catalog_from_runs
     # a trial's entry after each level it logs: the new level joins the entry
-    write_entry(client, ex["c"], lids[3], {0: IndexedLevel("r0", {"test_acc": 0.5}),
+    write_entry(client, ex["c"], lineage_id=lids[3], levels={0: IndexedLevel("r0", {"test_acc": 0.5}),
                                             1: IndexedLevel("r1", {"test_acc": 0.25})})
     assert dict(plan_levels(client, "c", {lids[3]})[lids[3]]) == {0: {"test_acc": 0.5}, 1: {"test_acc": 0.25}}
     # indexed again from the runs: the entry matches them again, an entry without runs goes
-    write_entry(client, ex["c"], "gone-s1", {0: IndexedLevel("r9", {})})
+    write_entry(client, ex["c"], lineage_id="gone-s1", levels={0: IndexedLevel("r9", {})})
     rebuild_index(client, ex["c"])
     assert dict(plan_levels(client, "c", {lids[3]})[lids[3]]) == from_runs[lids[3]]
     assert "gone-s1" not in read_index(client).levels
