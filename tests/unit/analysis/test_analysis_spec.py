@@ -1,5 +1,6 @@
-"""The analysis spec: measure options are checked with the sweep file, all at once, naming the
-measure, the option and what is valid, instead of failing first inside a tile actor."""
+"""The analysis spec: measure options and scopes are checked with the sweep file, all at once,
+naming the field, the value and what is valid, instead of failing first inside a tile actor; a
+list of scopes is canonical and leaves the analysis id alone."""
 from __future__ import annotations
 
 import pytest
