@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from trainables.ids import digest
 
+SCOPES = ("all", "dense", "lineage", "seeds")
+
 
 @dataclass(frozen=True, order=True)
 class Rep:
@@ -70,21 +72,27 @@ def _checkpoint_pairs(ckpts: Sequence[Rep], scope: str) -> Iterable[tuple[Rep, R
         for c in ckpts:
             if c.lineage_id in dense:
                 yield dense[c.lineage_id], c
-    else:
-        raise ValueError(f"unknown scope {scope!r}; expected one of ['all', 'dense', 'lineage', 'seeds']")
 
 
-def pair_set(reps: Sequence[Rep], *, layers: str, scope: str) -> list[tuple[Rep, Rep]]:
-    """Every pair the spec defines, canonical and sorted, each once."""
+def pair_set(reps: Sequence[Rep], *, layers: str, scope: str | Sequence[str]) -> list[tuple[Rep, Rep]]:
+    """Every pair the spec defines, canonical and sorted, each once. Several scopes give the
+    union of their pairs: a pair two scopes share (e.g. a level-0 self-pair) is still one pair."""
     if layers not in ("same", "all"):
         raise ValueError(f"unknown layers {layers!r}; expected one of ['all', 'same']")
+    scopes = (scope,) if isinstance(scope, str) else tuple(scope)
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown:
+        raise ValueError(f"unknown scope {unknown[0]!r}; expected one of {list(SCOPES)}")
+    if not scopes:
+        raise ValueError(f"at least one scope is needed; expected some of {list(SCOPES)}")
     by_group: dict[str, dict[str, list[Rep]]] = defaultdict(lambda: defaultdict(list))
     for rep in reps:
         by_group[rep.group][rep.checkpoint_id].append(rep)
     out: set[tuple[Rep, Rep]] = set()
     for ckpt_reps in by_group.values():
         heads = sorted(v[0] for v in ckpt_reps.values())
-        for ca, cb in _checkpoint_pairs(heads, scope):
+        checkpoint_pairs = {canonical_pair(ca, cb) for s in scopes for ca, cb in _checkpoint_pairs(heads, s)}
+        for ca, cb in checkpoint_pairs:
             for ra in ckpt_reps[ca.checkpoint_id]:
                 for rb in ckpt_reps[cb.checkpoint_id]:
                     if layers == "same" and ra.layer != rb.layer:

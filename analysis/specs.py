@@ -1,7 +1,7 @@
 """The analysis specification: probe set, measures and the pair set of a similarity study."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, field_validator
 
@@ -17,6 +17,9 @@ SELECTION_FIELDS = frozenset({
     "sharpness", "sharpness_batch", "sharpness_epsilon", "sharpness_iterations",
 })
 
+Scope = Literal["all", "dense", "lineage", "seeds"]
+SCOPES: tuple[str, ...] = get_args(Scope)
+
 
 class AnalysisSpec(SpecModel):
     """What `impsweep analyze` computes for a sweep's checkpoints."""
@@ -27,9 +30,10 @@ class AnalysisSpec(SpecModel):
     probe_seed: int = Field(0, ge=0, description="Seed of the probe subset.")
     measures: tuple[str, ...] = Field(("linear_cka", "pwcca"), strict=False, description="Similarity measures.")
     layers: Literal["same", "all"] = Field("same", description="Same layer only, or every layer pair.")
-    scope: Literal["dense", "lineage", "seeds", "all"] = Field(
+    scope: Scope | tuple[Scope, ...] = Field(
         "dense", description="dense: each checkpoint vs its lineage's level 0; lineage: all pairs "
-        "within a lineage; seeds: same level across seeds of a config; all: every pair."
+        "within a lineage; seeds: same level across seeds of a config; all: every pair. A list of "
+        "distinct scopes computes the union of their pairs, each once."
     )
     conv: Literal["auto", "flatten", "spatial", "avgpool"] = Field(
         "auto", description="Reduction of conv activations [n, c, h, w] to a matrix."
@@ -57,6 +61,27 @@ class AnalysisSpec(SpecModel):
         if not v:
             raise ValueError(f"at least one measure is needed; expected some of {sorted(MEASURES)}")
         return tuple(dict.fromkeys(v))
+
+    @field_validator("scope", mode="before")
+    @classmethod
+    def _canonical_scope(cls, v: Any) -> Any:
+        """One scope as given; a list sorted, and a list of one as that one scope, so that specs
+        with the same pair set are equal (and dump alike)."""
+        if isinstance(v, str):
+            items = [v]
+        elif isinstance(v, (list, tuple)):
+            items = list(v)
+        else:
+            raise ValueError(f"expected a scope or a non-empty list of distinct scopes, each one of {list(SCOPES)}")
+        unknown = [s for s in items if s not in SCOPES]
+        if unknown:
+            raise ValueError(f"unknown scope {shown(unknown[0])}; expected one of {list(SCOPES)} or a list of them")
+        if not items:
+            raise ValueError(f"at least one scope is needed; expected some of {list(SCOPES)}")
+        twice = [s for i, s in enumerate(items) if s in items[:i]]
+        if twice:
+            raise ValueError(f"scope {shown(twice[0])} is listed twice; expected distinct scopes of {list(SCOPES)}")
+        return items[0] if len(items) == 1 else tuple(sorted(items))
 
     @field_validator("options")
     @classmethod

@@ -26,6 +26,7 @@ def _reps(n_lineages=2, n_levels=3, configs=1, groups=("g",)):
     ("seeds", "same", 3 * 3 * 3),          # per level: (s0,s0) (s0,s1) (s1,s1)
     ("all", "same", 21 * 3),               # C(6+1, 2) over all six checkpoints
     ("dense", "all", 2 * (6 + 9 + 9)),     # self-pair: 6 unordered layer pairs, others 9
+    (["dense", "seeds"], "same", 18 + 27 - 2 * 3),  # both hold the two level-0 self-pairs
 ])
 def test_pair_counts(scope, layers, expected):
     pairs = pair_set(_reps(), layers=layers, scope=scope)
@@ -56,6 +57,19 @@ def test_groups_are_never_compared():
     assert len(pairs) == 2 * 21 * 3
 
 
+@pytest.mark.parametrize("layers", ["same", "all"])
+@pytest.mark.parametrize("scopes", [("dense", "seeds"), ("seeds", "dense"), ("dense", "lineage", "seeds"),
+                                    ("lineage", "all")])
+def test_several_scopes_give_the_union_of_their_pairs_each_once(scopes, layers):
+    reps = _reps(n_lineages=3, configs=2, groups=("g", "h"))
+    union = pair_set(reps, layers=layers, scope=list(scopes))
+    keys = [pair_key(a, b) for a, b in union]
+    assert len(keys) == len(set(keys)) and keys == sorted(keys)
+    assert set(keys) == {pair_key(a, b) for s in scopes for a, b in pair_set(reps, layers=layers, scope=s)}
+    assert union == pair_set(reps, layers=layers, scope=sorted(scopes))
+    assert pair_set(reps, layers=layers, scope=[scopes[0]]) == pair_set(reps, layers=layers, scope=scopes[0])
+
+
 @pytest.mark.parametrize("tile_size", [1, 2, 4, 100])
 def test_tiles_cover_every_pair_once(tile_size):
     pairs = pair_set(_reps(), layers="all", scope="lineage")
@@ -72,6 +86,10 @@ def test_tile_ids_are_stable():
 def test_unknown_scope_or_layers():
     with pytest.raises(ValueError, match="unknown scope 'everything'"):
         pair_set(_reps(), layers="same", scope="everything")
+    with pytest.raises(ValueError, match="unknown scope 'everything'"):
+        pair_set(_reps(), layers="same", scope=["dense", "everything"])
+    with pytest.raises(ValueError, match="at least one scope is needed"):
+        pair_set(_reps(), layers="same", scope=[])
     with pytest.raises(ValueError, match="unknown layers 'some'"):
         pair_set(_reps(), layers="some", scope="all")
 
