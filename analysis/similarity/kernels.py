@@ -236,7 +236,7 @@ def pair_values(info: MeasureInfo, options: Mapping[str, Any], *, blocks: torch.
         norms_b = _floats([b.norm for _, b in sides], device)
         values = nbs.nbs(blocks, norms_a=norms_a, norms_b=norms_b)
         if name == "procrustes":
-            values = nbs.procrustes(values, max(blocks.shape[-2:]))
+            values = nbs.procrustes(values, factors=[(a.factor, b.factor) for a, b in sides])
     if info.clipped and name != "procrustes":
         values = values.clamp(*info.range)
     return values, values

@@ -78,7 +78,8 @@ MEASURES: Mapping[str, MeasureInfo] = MappingProxyType({m.name: m for m in (
     _measure("nbs", "nbs", "normalized Bures similarity (Tang et al. 2020), linear kernel",
              invariances=_LINEAR[:3]),
     _measure("procrustes", "nbs", "angular Procrustes distance arccos(NBS) "
-             "(Williams et al. 2021), a metric", kind="distance",
+             "(Williams et al. 2021), a metric; near 0 from the optimal rotation's residual",
+             kind="distance",
              value_range=(0.0, math.pi / 2), invariances=_LINEAR[:3]),
 )})
 

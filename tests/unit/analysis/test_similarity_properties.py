@@ -203,3 +203,44 @@ def test_gram_and_feature_forms_agree(name):
         forward.append(evaluate(info, options, rows=sketches, cols=sketches, same=True,
                                 precision="exact").forward)
     torch.testing.assert_close(forward[0], forward[1], atol=1e-12, rtol=0)
+
+
+def _anisotropic():
+    """A 500 x 64 Gaussian with a power-law spectrum k^-1.5 in a random basis, and an
+    orthogonal Q: arccos of the nuclear-norm NBS read 3e-6 to 6e-6 for Y = 3.7 X (Q)."""
+    gen = _gen(1)
+    z = _randn(gen, 500, 64)
+    q, _ = torch.linalg.qr(_randn(gen, 64, 64))
+    return z * torch.arange(1, 65, dtype=torch.float64) ** -1.5 @ q, q
+
+
+def test_procrustes_of_scaled_copy_is_zero():
+    x, _ = _anisotropic()
+    assert similarity(x, 3.7 * x, measure="procrustes") <= 1e-7
+    assert float(pairwise([x], [3.7 * x], measure="procrustes").values[0, 0]) <= 1e-7
+
+
+def test_procrustes_of_rotated_scaled_copy_is_zero():
+    x, q = _anisotropic()
+    assert similarity(x, 3.7 * x @ q, measure="procrustes") <= 1e-7
+
+
+def test_procrustes_residual_agrees_with_arccos_in_batches():
+    """Near-identical pairs (residual route) and others (arccos) in one batched grid; the
+    residual route itself matches arccos(NBS) on pairs away from 0."""
+    from analysis.similarity.nbs import residual_angle
+
+    x, q = _anisotropic()
+    gen = _gen(18)
+    q40, _ = torch.linalg.qr(_randn(gen, 40, 40))
+    layers = [x, 3.7 * x @ q, x[:, :40], 2.0 * x[:, :40] @ q40, _randn(gen, 500, 40)]
+    values = pairwise(layers, measure="procrustes").values
+    nbs = pairwise(layers, measure="nbs").values
+    near = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 1, 0],
+                         [0, 0, 1, 1, 0], [0, 0, 0, 0, 1]], dtype=torch.bool)
+    assert float(values[near].max()) <= 1e-7
+    torch.testing.assert_close(values[~near], nbs[~near].arccos(), rtol=0, atol=1e-10)
+    pairs = [(a - a.mean(0), b - b.mean(0)) for a, b in zip(layers, layers[2:])]
+    for a, b in pairs:
+        expected = math.acos(similarity(a, b, measure="nbs"))
+        assert float(residual_angle(a[None], b[None])) == pytest.approx(expected, abs=1e-10)
