@@ -32,7 +32,7 @@ def client(moto_endpoint):
 
 @pytest.fixture
 def root(moto_endpoint) -> str:
-    return f"s3://{BUCKET}/{uuid.uuid4().hex[:8]}/work/"  # a nested prefix, trailing slash
+    return f"s3://{BUCKET}/{uuid.uuid4().hex[:8]}/nested/"  # a nested prefix, trailing slash
 
 
 @pytest.fixture
