@@ -9,7 +9,6 @@ from pathlib import Path
 
 import polars as pl
 
-from orchestrator.cluster_check import check_cluster_storage
 from orchestrator.experiments import ensure_ray
 from orchestrator.interrupts import EXIT_INTERRUPTED
 from orchestrator.launch import prepare_tracking, run_sweep
@@ -49,7 +48,6 @@ def status(sweep: SweepSpec) -> int:
 def analyze(sweep: SweepSpec) -> int:
     from analysis.pipeline import run_analysis
 
-    check_cluster_storage(sweep, echo=_echo)  # before anything is written
     outcome = run_analysis(sweep.name, sweep.analysis, workdir=sweep.store,
                            tracking_uri=sweep.resolved_tracking_uri, echo=_echo, connect=ensure_ray)
     for cid, reason in outcome.failed_checkpoints:

@@ -23,7 +23,7 @@ from typing import NamedTuple
 from mlflow.tracking import MlflowClient
 
 from trainables.records import stream_runs
-from trainables.tracking import KIND_LEVEL, LEVEL_METRICS, TAG, tag_filter
+from trainables.tracking import KIND_LEVEL, LEVEL_METRICS, TAG, active_experiments, tag_filter
 
 ENTRY_PREFIX = f"{TAG}levels."
 COMPLETE_TAG = f"{TAG}level_index"
@@ -87,14 +87,8 @@ class LevelIndex(NamedTuple):
 def read_index(client: MlflowClient) -> LevelIndex:
     levels: dict[str, frozenset[int]] = {}
     entries: dict[str, list[str]] = {}
-    complete, token, experiments = True, None, []
-    while True:
-        page = client.search_experiments(max_results=1000, page_token=token)
-        experiments += page
-        token = page.token
-        if not token:
-            break
-    for experiment in sorted(experiments, key=lambda e: int(e.experiment_id)):
+    complete = True
+    for experiment in sorted(active_experiments(client), key=lambda e: int(e.experiment_id)):
         tags = experiment.tags
         if tags.get(COMPLETE_TAG) != "1" and _holds_level_runs(client, experiment.experiment_id):
             complete = False

@@ -10,13 +10,13 @@ no search needs to read the runs of unrelated experiments.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from trainables.tracking import (
-    KIND_LEVEL, KIND_LINEAGE, TAG, all_experiment_ids, sweep_members, tag_filter,
+    KIND_LEVEL, KIND_LINEAGE, TAG, active_experiments, all_experiment_ids, sweep_members, tag_filter,
 )
 
 PAGE_SIZE = 1000  # runs per search page: one page of Run objects is all the driver holds at once
@@ -96,7 +96,7 @@ def level_experiments(client: MlflowClient, sweep: str, *, lineage_ids: Collecti
     runs (`parents`, searched if None) and of the sweeps these are members of (`sweep`'s own
     included). Every active experiment when the store holds no experiment but `sweep`'s and
     MLflow's default one (then no parent search is worth its cost)."""
-    active = {e.name: e.experiment_id for e in _active_experiments(client)}
+    active = {e.name: e.experiment_id for e in active_experiments(client)}
     if set(active) <= {sweep, "Default"}:
         return sorted(active.values(), key=int)
     names, ids = {sweep}, set()
@@ -105,16 +105,6 @@ def level_experiments(client: MlflowClient, sweep: str, *, lineage_ids: Collecti
         names.update(parent.sweeps)
     ids = {i for i in ids if i in active.values()} | {active[name] for name in names if name in active}
     return sorted(ids, key=int)
-
-
-def _active_experiments(client: MlflowClient) -> list[Any]:
-    experiments, token = [], None
-    while True:
-        page = client.search_experiments(max_results=1000, page_token=token)
-        experiments += page
-        token = page.token
-        if not token:
-            return experiments
 
 
 def finished_level_runs(client: MlflowClient, lineage_ids: Collection[str], *,

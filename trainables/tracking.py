@@ -63,8 +63,19 @@ def earliest(runs: list) -> Any:
     return min(runs, key=lambda r: r.info.start_time or 0)
 
 
+def active_experiments(client: MlflowClient) -> list[Any]:
+    """Every active experiment, following pagination."""
+    experiments, token = [], None
+    while True:
+        page = client.search_experiments(max_results=1000, page_token=token)
+        experiments += page
+        token = page.token
+        if not token:
+            return experiments
+
+
 def all_experiment_ids(client: MlflowClient) -> list[str]:
-    return [e.experiment_id for e in client.search_experiments()]
+    return [e.experiment_id for e in active_experiments(client)]
 
 
 def search_all(client: MlflowClient, filter_string: str, *, experiment_ids: list[str] | None = None) -> list:
